@@ -1,0 +1,25 @@
+"""pyro-vae: variational autoencoders as Pyro model/guide pairs.
+
+Train any conforming pair with SVI (:func:`train`), estimate per-datapoint log-likelihoods by
+importance sampling (:func:`estimate_log_likelihood`). Units are nats per datapoint; an ELBO or
+bound is a lower bound on log p(x) (higher is better), a loss is its negative.
+"""
+
+from .data import Dataset, load_dataset
+from .evaluation import LogLikelihoodResult, estimate_log_likelihood, evaluate_elbo
+from .models import VAE, build_model
+from .objectives import IWAE_ELBO, get_elbo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IWAE_ELBO",
+    "Dataset",
+    "LogLikelihoodResult",
+    "VAE",
+    "build_model",
+    "estimate_log_likelihood",
+    "evaluate_elbo",
+    "get_elbo",
+    "load_dataset",
+]

@@ -1,0 +1,224 @@
+"""The ``pyro-vae`` command line (also ``python -m pyro_vae``).
+
+Subcommands:
+
+* ``pyro-vae demo``: the main job. Trains the MNIST VAE briefly with Trace_ELBO and with
+  TraceMeanField_ELBO, estimates log p(x) on test images, prints a comparison table and
+  writes pictures (a few minutes on a 2-core CPU).
+* ``pyro-vae train``: one SVI run into a run folder (``--out``).
+* ``pyro-vae evaluate RUN_DIR``: importance-sampled log p(x) of a trained run on its test set.
+
+Every number printed is in nats per datapoint; ELBOs and log-likelihoods are higher-is-better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import DATASETS, DataNotFoundError, load_dataset
+from .evaluation import estimate_log_likelihood
+from .models import MODELS, build_model
+from .objectives import ELBO_NAMES
+from .plots import plot_elbo_curves
+from .training import OPTIMIZERS, train
+
+__all__ = ["build_parser", "load_run", "main"]
+
+DEFAULT_HIDDEN = {"frey-face": 200}  # 500 for the MNIST-like data sets (Kingma & Welling 2013)
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available on this machine")
+    return device
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="data root (default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download missing data files (default: download, checksums verified)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points only")
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
+    p.add_argument("--dataset", default="mnist", choices=DATASETS)
+    p.add_argument("--model", default="mlp", choices=sorted(MODELS))
+    p.add_argument("--num-particles", type=int, default=1,
+                   help="samples per datapoint per step (K for --elbo iwae)")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--latent-dim", type=int, default=20)
+    p.add_argument("--hidden-dim", type=int, default=None, help="default: 500 (MNIST-like), 200 (Frey Face)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=int, default=None, help="train on the first N training points only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_data_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a VAE with SVI into a run folder")
+    _add_train_args(p, epochs=10)
+    p.add_argument("--elbo", default="trace", choices=ELBO_NAMES,
+                   help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO; iwae: importance weighted")
+    p.add_argument("--out", default=None, help="run folder (default: runs/DATASET-ELBO-zLATENT-seedSEED)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--evaluate-samples", type=int, default=0, metavar="K",
+                   help="after training, estimate log p(x) on the test set with K importance samples")
+
+    p = sub.add_parser("evaluate", help="importance-sampled log p(x) of a trained run on its test set")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--num-samples", type=int, default=5000, help="K importance samples per datapoint")
+    p.add_argument("--batch-size", type=int, default=100, help="datapoints per batch")
+    p.add_argument("--particle-chunk-size", type=int, default=None, help="particles vectorized at once")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=None, help="JSON report (default: RUN_DIR/evaluation.json)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_data_args(p)
+
+    p = sub.add_parser("demo", help="main job: Trace_ELBO vs TraceMeanField_ELBO on MNIST, a table and pictures")
+    _add_train_args(p, epochs=3)
+    p.add_argument("--num-samples", type=int, default=1000, help="K for the log p(x) estimate")
+    p.add_argument("--num-eval", type=int, default=1000, help="test points for the log p(x) estimate")
+    p.add_argument("--out", default="runs/demo", help="folder for the two runs and the comparison")
+    p.set_defaults(overwrite=True)
+    return parser
+
+
+def _model_config(args, dataset) -> dict:
+    hidden = args.hidden_dim or DEFAULT_HIDDEN.get(dataset.name, 500)
+    return {"latent_dim": args.latent_dim, "hidden_dim": hidden, "likelihood": dataset.likelihood}
+
+
+def _run_training(args, dataset, device, elbo: str, out) -> tuple:
+    model_config = _model_config(args, dataset)
+    vae = build_model(args.model, dataset.data_dim, **model_config).to(device)
+    config = {"model": args.model, "model_config": model_config, "data_dim": dataset.data_dim,
+              "image_shape": dataset.image_shape}
+    result = train(
+        vae.model, vae.guide, dataset, elbo=elbo, num_particles=args.num_particles,
+        optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+        seed=args.seed, out=out, overwrite=args.overwrite, config=config, progress=not args.no_progress,
+    )
+    return vae, result
+
+
+def _load_data(args, device, name: str, seed: int = 0):
+    dataset = load_dataset(name, args.data_dir, device=device, download=args.download, seed=seed)
+    return dataset.subset(getattr(args, "num_train", None), args.num_test)
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=None, download=False):
+    """Rebuild a trained run: ``(vae, dataset, config)`` with the checkpoint's parameters loaded."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {config_path} is missing")
+    config = json.loads(config_path.read_text())
+    dataset = load_dataset(config["dataset"], data_dir, device=device, download=download)
+    vae = build_model(config["model"], config["data_dim"], **config["model_config"]).to(device)
+    load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2])
+    return vae, dataset, config
+
+
+def _evaluate(vae, x, num_samples, batch_size, seed, progress, chunk=None):
+    ks = tuple(k for k in (1, 5, 50) if k < num_samples)
+    return estimate_log_likelihood(vae.model, vae.guide, x, num_samples, batch_size, bound_ks=ks,
+                                   particle_chunk_size=chunk, seed=seed, progress=progress)
+
+
+def cmd_train(args) -> int:
+    device = _device(args.device)
+    dataset = _load_data(args, device, args.dataset)
+    out = args.out or f"runs/{args.dataset}-{args.elbo}-z{args.latent_dim}-seed{args.seed}"
+    vae, result = _run_training(args, dataset, device, args.elbo, out)
+    print(f"run folder: {result.out}")
+    if args.evaluate_samples:
+        estimate = _evaluate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress)
+        estimate.save(Path(out) / "evaluation.json")
+        print(estimate.format())
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    device = _device(args.device)
+    vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
+    x = dataset.test if args.num_test is None else dataset.test[: args.num_test]
+    print(f"evaluating {args.run_dir} ({config['dataset']}, {config['model']}, trained with "
+          f"{config['elbo']}) on {len(x)} test points, K = {args.num_samples}, device {device}")
+    estimate = _evaluate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress,
+                         args.particle_chunk_size)
+    output = args.output or args.run_dir / "evaluation.json"
+    estimate.save(output)
+    print(estimate.format())
+    print(f"report: {output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    device = _device(args.device)
+    dataset = _load_data(args, device, args.dataset)
+    out = Path(args.out)
+    rows, results = [], {}
+    for elbo in ("trace", "meanfield"):
+        print(f"== training with --elbo {elbo} ({'Trace_ELBO' if elbo == 'trace' else 'TraceMeanField_ELBO'})")
+        vae, result = _run_training(args, dataset, device, elbo, out / elbo)
+        estimate = _evaluate(vae, dataset.test[: args.num_eval], args.num_samples, 100, args.seed,
+                             not args.no_progress)
+        estimate.save(out / elbo / "evaluation.json")
+        results[elbo] = result
+        rows.append((elbo, result.final, estimate))
+    plot_elbo_curves(results, out / "elbo_comparison.png", args.batch_size, title=f"{dataset.name}: objectives")
+    k = args.num_samples
+    header = (f"{'objective':<10} {'epochs':>6} {'train s':>8} {'test ELBO ± SE':>18} "
+              f"{f'log p(x), K={k} ± SE':>22} {'k-hat>0.7':>9}")
+    lines = [
+        f"\n{dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test points, latent "
+        f"{args.latent_dim}, batch {args.batch_size}, {args.optimizer} lr {args.lr}, device {device}",
+        f"nats per datapoint, higher is better; log p(x) on the first {min(args.num_eval, len(dataset.test))} "
+        "test points",
+        header, "-" * len(header),
+    ]
+    for elbo, final, est in rows:
+        bad = est.pareto_k_counts().get("k>0.7", "-")
+        lines.append(
+            f"{elbo:<10} {final['epoch']:>6} {final['total_train_seconds']:>8.1f} "
+            f"{final['test_elbo']:>9.2f} ± {final['test_elbo_se']:<6.2f} "
+            f"{est.mean:>13.2f} ± {est.stderr:<6.2f} {bad:>9}"
+        )
+    lines.append(f"\npictures and reports: {out}/ (elbo_comparison.png, */samples.png, "
+                 "*/reconstructions.png, */evaluation.json)")
+    table = "\n".join(lines)
+    print(table)
+    (out / "summary.txt").write_text(table + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command](args)
+    except (ValueError, FileExistsError, FileNotFoundError, DataNotFoundError, CheckpointError) as e:
+        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Pictures: image grids (samples, reconstructions) and ELBO curves, as PNG files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["plot_elbo_curves", "save_image_grid"]
+
+
+def save_image_grid(images: torch.Tensor, image_shape, path: str | Path, ncols: int = 10,
+                    title: str | None = None) -> Path:
+    """Save ``images`` (``(n, H * W)`` or ``(n, H, W)``, values in [0, 1]) as a grid PNG."""
+    images = images.detach().cpu().reshape(-1, *image_shape)
+    n = images.shape[0]
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    h, w = image_shape
+    grid = torch.ones(nrows * (h + 1) - 1, ncols * (w + 1) - 1)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
+    fig, ax = plt.subplots(figsize=(ncols * w / 28 * 1.0 + 0.4, nrows * h / 28 * 1.0 + 0.6))
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_elbo_curves(results: dict, path: str | Path, batch_size: int, title: str = "") -> Path:
+    """ELBO (nats per datapoint, higher is better) against training samples seen.
+
+    ``results`` maps a label (e.g. the objective) to a :class:`~pyro_vae.training.TrainResult`:
+    its ``curve`` (training objective, averaged over log intervals) is drawn as a line, the
+    per-epoch test ELBO of its ``history`` as points with ±2 standard errors.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (label, result) in enumerate(results.items()):
+        color = f"C{i}"
+        if result.curve:
+            ax.plot([c["samples_seen"] for c in result.curve], [c["train_elbo"] for c in result.curve],
+                    "-", color=color, alpha=0.7, label=f"{label}: train (running)")
+        test = [(h["step"] * batch_size, h["test_elbo"], h["test_elbo_se"]) for h in result.history
+                if h.get("test_elbo") is not None]
+        if test:
+            seen, mean, se = zip(*test)
+            ax.errorbar(seen, mean, yerr=[2 * s for s in se], fmt="s", color=color, capsize=3,
+                        label=f"{label}: test (±2 SE)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples seen")
+    ax.set_ylabel("ELBO (nats per datapoint)")
+    lows = [c["train_elbo"] for r in results.values() for c in r.curve[len(r.curve) // 10 :]]
+    if lows:
+        ax.set_ylim(bottom=min(lows) - 5)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

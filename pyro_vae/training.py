@@ -1,0 +1,268 @@
+"""Stochastic variational inference for any conforming model/guide pair.
+
+:func:`train` runs SVI epochs over a :class:`~pyro_vae.data.Dataset` (or a plain tensor) whose
+tensors stay on their device: each epoch draws a fresh binarization on the device when the data
+set asks for it, shuffles indices there and slices minibatches there. Losses are accumulated as
+device tensors and read once per log interval and once per epoch.
+
+Reported numbers are per datapoint, in nats, as ELBOs (higher is better):
+
+* ``train_elbo``: the mean over the epoch's minibatches of the training objective's estimate,
+  taken while the parameters change (the usual running training bound);
+* ``test_elbo`` (± ``test_elbo_se``): a one-sample ELBO per test point after the epoch, with
+  the same estimator whatever the training objective (:func:`pyro_vae.evaluate_elbo`);
+* ``train_seconds``: wall-clock of the epoch's SVI steps only (evaluation excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer.util import zero_grads
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .data import Dataset
+from .evaluation import evaluate_elbo
+from .generate import reconstruct, sample_prior
+from .objectives import get_elbo
+from .plots import plot_elbo_curves, save_image_grid
+
+__all__ = ["OPTIMIZERS", "RUN_FILES", "TrainResult", "make_optimizer", "train"]
+
+OPTIMIZERS = ("adam", "adagrad")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
+"""Files every run folder gets (plus PNGs when the data are images)."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        history: one dict of metrics per epoch (see the module docstring for the keys).
+        curve: the training objective's ELBO averaged over each ``log_interval`` steps, as
+            ``{"step", "samples_seen", "train_elbo"}`` dicts (nats per datapoint).
+        out: the run folder, or ``None`` when nothing was written.
+        train_seconds: total wall-clock of SVI steps, evaluation excluded.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+    out: Path | None = None
+    train_seconds: float = 0.0
+
+    @property
+    def final(self) -> dict:
+        """Metrics of the last epoch."""
+        return self.history[-1] if self.history else {}
+
+
+def make_optimizer(name: str, lr: float) -> pyro.optim.PyroOptim:
+    """A Pyro optimizer by name (``adam`` or ``adagrad``) with learning rate ``lr``."""
+    if lr <= 0 or not math.isfinite(lr):
+        raise ValueError(f"learning rate must be positive, got {lr}")
+    if name == "adam":
+        return pyro.optim.Adam({"lr": lr})
+    if name == "adagrad":
+        return pyro.optim.Adagrad({"lr": lr})
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _svi_step(elbo, optim, model, guide, x) -> torch.Tensor:
+    """One SVI step on the batch ``x``; returns the loss as a device tensor (no host sync)."""
+    with poutine.trace(param_only=True) as capture:
+        loss = elbo.differentiable_loss(model, guide, x)
+        loss.backward()
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    optim(params)
+    zero_grads(params)
+    return loss.detach()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare_out(out, overwrite: bool) -> Path | None:
+    if out is None:
+        return None
+    out = Path(out)
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(existing)}); choose another folder or pass "
+            "overwrite=True (--overwrite) to replace it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    return out
+
+
+def _tensorboard_writer(out: Path | None):
+    if out is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def _write_pictures(model, guide, data: Dataset, out: Path, result, label: str, batch_size) -> None:
+    plot_elbo_curves({label: result}, out / "elbo.png", batch_size, title=data.name)
+    if data.image_shape is None:
+        return
+    x = (data.test if data.test is not None else data.train)[:50]
+    if data.test is None and data.binarize:
+        x = torch.bernoulli(x)
+    save_image_grid(sample_prior(model, x), data.image_shape, out / "samples.png",
+                    title="samples: decoder mean for z ~ p(z)")
+    pairs = torch.stack([x[:30], reconstruct(model, guide, x[:30])], dim=1).reshape(60, -1)
+    save_image_grid(pairs, data.image_shape, out / "reconstructions.png", ncols=10,
+                    title="test images (left) and reconstructions (right), z ~ q(z|x)")
+
+
+def train(
+    model,
+    guide,
+    data: Dataset | torch.Tensor,
+    *,
+    elbo: str = "trace",
+    num_particles: int = 1,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    batch_size: int = 100,
+    epochs: int = 1,
+    seed: int | None = 0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    config: dict | None = None,
+    eval_batch_size: int = 1000,
+    log_interval: int = 100,
+    progress: bool = True,
+    clear_params: bool = True,
+) -> TrainResult:
+    """Train a model/guide pair with SVI.
+
+    Args:
+        model, guide: a conforming pair (see :mod:`pyro_vae.models`) whose parameters live on
+            the same device as ``data``; called as ``fn(x_batch)``.
+        data: a :class:`~pyro_vae.data.Dataset` (train/test splits, dynamic binarization) or an
+            ``(N, ...)`` tensor of training data (no test ELBO then).
+        elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO) or ``iwae``.
+        num_particles: samples per datapoint per step (averaged, or ``K`` for ``iwae``).
+        optimizer, lr: ``adam`` or ``adagrad`` and its learning rate.
+        batch_size: datapoints per SVI step; each epoch visits every training point once.
+        epochs: passes over the training set.
+        seed: seeds Pyro, torch, numpy and random (``None``: leave the RNGs as they are).
+        out: run folder for ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and PNGs
+            (samples, reconstructions, ELBO curves); TensorBoard events too when
+            ``tensorboard`` is installed. ``None`` writes nothing.
+        overwrite: allow ``out`` to hold a previous run, which is then replaced.
+        config: extra entries for ``config.json`` (e.g. how to rebuild the model).
+        eval_batch_size: datapoints per batch when evaluating the test ELBO.
+        log_interval: steps between updates of the progress bar's loss (one host sync each).
+        progress: show a progress bar.
+        clear_params: clear Pyro's param store first, so the nets start from their own
+            initial weights rather than from a previous run's stored values.
+
+    Returns:
+        :class:`TrainResult` with the per-epoch history.
+
+    Raises:
+        ValueError: bad settings (names, sizes) with the valid choices in the message.
+        FileExistsError: ``out`` already holds a run and ``overwrite`` is false.
+    """
+    if isinstance(data, torch.Tensor):
+        data = Dataset(name="tensor", train=data, test=None, image_shape=None, likelihood=None)
+    num_train = data.train.shape[0]
+    if num_train == 0:
+        raise ValueError("the training set is empty")
+    if not 0 < batch_size <= num_train:
+        raise ValueError(f"batch_size must be between 1 and the training set size {num_train}, got {batch_size}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    objective = get_elbo(elbo, num_particles)
+    optim = make_optimizer(optimizer, lr)
+    out = _prepare_out(out, overwrite)
+    device = data.device
+    if clear_params:
+        pyro.clear_param_store()
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+
+    settings = dict(
+        elbo=elbo, num_particles=num_particles, optimizer=optimizer, lr=lr, batch_size=batch_size,
+        epochs=epochs, seed=seed, dataset=data.name, num_train=num_train,
+        num_test=None if data.test is None else data.test.shape[0], device=str(device),
+    )
+    if out is not None:
+        (out / "config.json").write_text(json.dumps({**(config or {}), **settings}, indent=2))
+    writer = _tensorboard_writer(out)
+    result = TrainResult(out=out)
+    steps_per_epoch = math.ceil(num_train / batch_size)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        _sync(device)
+        start = time.perf_counter()
+        x_epoch = data.train_epoch()
+        perm = torch.randperm(num_train, device=device)
+        total = torch.zeros((), device=device)
+        interval_total, interval_points = torch.zeros((), device=device), 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs} [{elbo}]", disable=not progress,
+                   leave=False)
+        for b in range(steps_per_epoch):
+            loss = _svi_step(objective, optim, model, guide, x_epoch[perm[b * batch_size : (b + 1) * batch_size]])
+            total = total + loss
+            interval_total = interval_total + loss
+            interval_points += min(batch_size, num_train - b * batch_size)
+            step += 1
+            bar.update(1)
+            if (b + 1) % log_interval == 0 or b + 1 == steps_per_epoch:
+                value = -float(interval_total) / interval_points  # the one host sync per interval
+                result.curve.append({"step": step, "samples_seen": step * batch_size, "train_elbo": value})
+                bar.set_postfix(elbo=f"{value:.2f}")
+                interval_total, interval_points = torch.zeros((), device=device), 0
+        bar.close()
+        _sync(device)
+        epoch_seconds = time.perf_counter() - start
+        result.train_seconds += epoch_seconds
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            "train_elbo": -float(total) / num_train,
+            "train_seconds": epoch_seconds,
+            "total_train_seconds": result.train_seconds,
+        }
+        if data.test is not None:
+            metrics["test_elbo"], metrics["test_elbo_se"] = evaluate_elbo(
+                model, guide, data.test, eval_batch_size)
+        result.history.append(metrics)
+        if progress:
+            test = f", test ELBO {metrics['test_elbo']:.2f} ± {metrics['test_elbo_se']:.2f}" if "test_elbo" in metrics else ""
+            tqdm.write(f"epoch {epoch}: train ELBO {metrics['train_elbo']:.2f}{test} nats/datapoint, "
+                       f"{epoch_seconds:.1f} s")
+        if out is not None:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if writer is not None:
+                for key in ("train_elbo", "test_elbo"):
+                    if key in metrics:
+                        writer.add_scalar(key, metrics[key], step)
+    if out is not None:
+        save_checkpoint(out / "checkpoint.pt", optim, step=step, epoch=epochs)
+        _write_pictures(model, guide, data, out, result, elbo, batch_size)
+    if writer is not None:
+        writer.close()
+    return result
