@@ -9,6 +9,7 @@ from .data import Dataset, load_dataset
 from .evaluation import LogLikelihoodResult, estimate_log_likelihood, evaluate_elbo
 from .models import VAE, build_model
 from .objectives import IWAE_ELBO, get_elbo
+from .training import TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -16,10 +17,12 @@ __all__ = [
     "IWAE_ELBO",
     "Dataset",
     "LogLikelihoodResult",
+    "TrainResult",
     "VAE",
     "build_model",
     "estimate_log_likelihood",
     "evaluate_elbo",
     "get_elbo",
     "load_dataset",
+    "train",
 ]

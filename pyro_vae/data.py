@@ -179,13 +179,13 @@ def default_data_root() -> Path:
 
 
 def resolve_data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data root: ``data_dir``, else ``$PYRO_VAE_DATA``, else :func:`default_data_root`."""
+    """The data root, absolute: ``data_dir``, else ``$PYRO_VAE_DATA``, else :func:`default_data_root`."""
     if data_dir is not None:
-        return Path(data_dir).expanduser()
+        return Path(data_dir).expanduser().absolute()
     env = os.environ.get("PYRO_VAE_DATA")
     if env:
-        return Path(env).expanduser()
-    return default_data_root()
+        return Path(env).expanduser().absolute()
+    return default_data_root().absolute()
 
 
 def _file_digest(path: Path, algorithm: str) -> str:

@@ -64,6 +64,9 @@ class IWAE_ELBO(ELBO):
             )
         return w
 
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("IWAE_ELBO draws its particles vectorized, not trace by trace")
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """``-sum_n scale * [logsumexp_k log w_kn - log K]``, differentiable."""
         w = self._log_weights(model, guide, args, kwargs)

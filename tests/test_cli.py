@@ -1,0 +1,75 @@
+"""The command line, end to end, in real subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "pyro_vae", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def test_train_then_evaluate_writes_every_promised_file(data_root, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", "--dataset", "mnist", "--num-train", "1000", "--num-test", "200", "--epochs", "2",
+            "--latent-dim", "5", "--hidden-dim", "50", "--out", str(run), "--no-progress",
+            "--evaluate-samples", "20", "--device", "cpu", "--data-dir", str(data_root))
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png",
+                 "elbo.png", "evaluation.json"):
+        assert (run / name).is_file(), name
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_config"] == {"latent_dim": 5, "hidden_dim": 50, "likelihood": "bernoulli"}
+
+    proc = run_cli("evaluate", str(run), "--num-samples", "100", "--num-test", "50", "--no-progress",
+                   "--data-dir", str(data_root), "--output", str(tmp_path / "ev.json"))
+    assert "log p̂(x), K = 100, 50 datapoints" in proc.stdout and "k=50" in proc.stdout
+    report = json.loads((tmp_path / "ev.json").read_text())
+    summary = report["summary"]
+    assert summary["num_samples"] == 100 and summary["num_datapoints"] == 50
+    assert set(summary["iwae_bounds"]) == {"1", "5", "50", "100"}
+    assert len(report["per_datapoint"]["pareto_k"]) == 50
+    # the k = 1 bound is the ELBO; the K = 100 estimate lies above it
+    assert summary["iwae_bounds"]["100"]["mean"] > summary["iwae_bounds"]["1"]["mean"]
+
+    again = run_cli("train", "--num-train", "100", "--out", str(run), "--data-dir", str(data_root), check=False)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_demo_quick(data_root, tmp_path):
+    proc = run_cli("demo", "--num-train", "600", "--num-test", "100", "--epochs", "1", "--hidden-dim", "50",
+                   "--num-samples", "50", "--num-eval", "30", "--out", str(tmp_path), "--no-progress",
+                   "--data-dir", str(data_root))
+    assert "objective" in proc.stdout and "\ntrace " in proc.stdout and "\nmeanfield " in proc.stdout
+    assert (tmp_path / "summary.txt").read_text().strip() in proc.stdout
+    assert (tmp_path / "elbo_comparison.png").is_file()
+    for elbo in ("trace", "meanfield"):
+        assert (tmp_path / elbo / "evaluation.json").is_file()
+
+
+def test_missing_data_gives_clear_error(tmp_path):
+    proc = run_cli("train", "--data-dir", str(tmp_path), "--no-download", "--out", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2
+    assert "train-images-idx3-ubyte.gz" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_unknown_names_list_the_choices():
+    proc = run_cli("train", "--dataset", "cifar", check=False)
+    assert proc.returncode == 2 and "binarized-mnist" in proc.stderr
+    proc = run_cli("train", "--elbo", "renyi", check=False)
+    assert proc.returncode == 2 and "meanfield" in proc.stderr
+
+
+def test_version():
+    assert run_cli("--version").stdout.startswith("pyro-vae ")
+
+
+@pytest.mark.parametrize("sub", ["train", "evaluate", "demo"])
+def test_help(sub):
+    assert "usage" in run_cli(sub, "--help").stdout

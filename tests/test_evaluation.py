@@ -1,0 +1,174 @@
+"""Log-likelihood estimation against exact answers (linear Gaussian model) and on the MNIST VAE."""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from linear_gaussian import LinearGaussian
+from pyro_vae import estimate_log_likelihood, evaluate_elbo
+from pyro_vae.diagnostics import StreamingLogWeights, pareto_k_from_tail, psis_tail_length
+from conftest import make_vae
+
+
+@pytest.fixture
+def lg():
+    return LinearGaussian()
+
+
+def test_exact_posterior_gives_log_p_x_for_every_k(lg):
+    x = lg.sample(40)
+    exact = lg.exact_log_likelihood(x)
+    result = estimate_log_likelihood(lg.model, lg.exact_guide, x, num_samples=200, batch_size=16)
+    torch.testing.assert_close(result.log_likelihood, exact, atol=1e-9, rtol=0)
+    for k in (1, 5, 50):
+        torch.testing.assert_close(result.iwae_bounds[k], exact, atol=1e-9, rtol=0)
+    assert torch.allclose(result.ess, torch.full_like(result.ess, 200.0))  # equal weights
+
+
+def test_poor_guide_k5000_matches_exact_and_bounds_increase(lg):
+    x = lg.sample(200)
+    exact = lg.exact_log_likelihood(x).mean().item()
+    result = estimate_log_likelihood(lg.model, lg.poor_guide, x, num_samples=5000, batch_size=100, seed=0)
+    diff = result.log_likelihood - lg.exact_log_likelihood(x)
+    se = diff.std().item() / math.sqrt(len(diff))
+    assert abs(diff.mean().item()) < 4 * se + 1e-3, (diff.mean().item(), se)
+    means = [result.bound(k)[0] for k in (1, 5, 50, 5000)]
+    assert means == sorted(means) and means[0] < means[-1] - 0.05, means  # IWAE_k grows with k
+    assert means[-1] < exact + 4 * se + 1e-3  # and stays below log p(x) in expectation
+    # the poor guide is visible in the diagnostics; the exact one would give ESS = K
+    assert result.ess.median() < 5000 and torch.isfinite(result.pareto_k).all()
+
+
+def test_batch_independence(lg):
+    """Changing datapoint j never changes datapoint i's estimate (same seed, same batch shape),
+    and each datapoint evaluated alone gets its exact value (exact posterior)."""
+    x = lg.sample(8)
+    a = estimate_log_likelihood(lg.model, lg.poor_guide, x, num_samples=300, batch_size=8, seed=3)
+    x2 = x.clone()
+    x2[5] += 3.0
+    b = estimate_log_likelihood(lg.model, lg.poor_guide, x2, num_samples=300, batch_size=8, seed=3)
+    others = [i for i in range(8) if i != 5]
+    assert torch.equal(a.log_likelihood[others], b.log_likelihood[others])
+    assert not torch.equal(a.log_likelihood[5], b.log_likelihood[5])
+    for i in (0, 5):
+        alone = estimate_log_likelihood(lg.model, lg.exact_guide, x[i : i + 1], num_samples=10)
+        torch.testing.assert_close(alone.log_likelihood, lg.exact_log_likelihood(x[i : i + 1]), atol=1e-9, rtol=0)
+
+
+def test_streaming_accumulator_does_not_depend_on_chunks():
+    torch.manual_seed(0)
+    log_w = torch.distributions.StudentT(3.0).sample((1000, 6)).double() * 2 - 50
+    direct_lme = torch.logsumexp(log_w, 0) - math.log(1000)
+    w = torch.exp(log_w - log_w.max(0).values)
+    direct_ess = w.sum(0) ** 2 / (w**2).sum(0)
+    tail = psis_tail_length(1000) + 1
+    for chunks in ([1000], [50] * 20, [500, 300, 200], [100] * 9 + [100]):
+        acc = StreamingLogWeights(group_sizes=(1, 5, 50), tail_size=tail)
+        for piece in torch.split(log_w, chunks):
+            acc.update(piece)
+        torch.testing.assert_close(acc.log_mean_exp(), direct_lme, atol=1e-12, rtol=0)
+        torch.testing.assert_close(acc.ess(), direct_ess, atol=1e-9, rtol=1e-12)
+        for k in (1, 5, 50):
+            expected = (torch.logsumexp(log_w.reshape(-1, k, 6), 1) - math.log(k)).mean(0)
+            torch.testing.assert_close(acc.group_bound(k), expected, atol=1e-12, rtol=0)
+        torch.testing.assert_close(acc.tail, log_w.sort(0, descending=True).values[:tail])
+
+
+def test_pareto_k_from_tail_equals_arviz_on_the_full_weights():
+    import arviz as az
+
+    torch.manual_seed(1)
+    log_w = torch.distributions.StudentT(2.5).sample((5000, 4)).double()
+    acc = StreamingLogWeights(tail_size=psis_tail_length(5000) + 1)
+    for piece in torch.split(log_w, 700):
+        acc.update(piece)
+    ours = pareto_k_from_tail(acc.tail, 5000)
+    _, full = az.psislw(log_w.T.numpy().copy(), reff=1.0)
+    np.testing.assert_allclose(ours, full, rtol=1e-10)
+
+
+def test_pareto_k_known_answer():
+    """Weights drawn from a Pareto(alpha) distribution have tail shape k = 1 / alpha."""
+    torch.manual_seed(2)
+    for alpha in (2.0, 1.0 / 0.8):
+        log_w = -torch.rand(5000, 8, dtype=torch.float64).log() / alpha  # w = U^(-1/alpha)
+        acc = StreamingLogWeights(tail_size=psis_tail_length(5000) + 1)
+        acc.update(log_w)
+        khat = pareto_k_from_tail(acc.tail, 5000)
+        assert abs(khat.mean() - 1.0 / alpha) < 0.1, (alpha, khat)
+
+
+def test_chunked_equals_unchunked_within_standard_errors(lg):
+    x = lg.sample(100)
+    small = estimate_log_likelihood(lg.model, lg.poor_guide, x, 2000, 100, particle_chunk_size=50, seed=0)
+    large = estimate_log_likelihood(lg.model, lg.poor_guide, x, 2000, 100, particle_chunk_size=2000, seed=1)
+    diff = small.log_likelihood - large.log_likelihood
+    assert abs(diff.mean().item()) < 4 * diff.std().item() / 10 + 1e-4
+    with pytest.raises(ValueError, match="multiple of every IWAE k"):
+        estimate_log_likelihood(lg.model, lg.poor_guide, x, 2000, 100, particle_chunk_size=7)
+
+
+def test_scale_inside_the_pair_does_not_change_log_p_x(lg):
+    x = lg.sample(10)
+    plain = estimate_log_likelihood(lg.model, lg.poor_guide, x, 100, seed=5)
+    scaled = estimate_log_likelihood(lg.scaled_model, lg.poor_guide, x, 100, seed=5)
+    torch.testing.assert_close(plain.log_likelihood, scaled.log_likelihood)
+
+
+def test_refuses_subsampled_plate_and_mismatched_sites(lg):
+    x = lg.sample(10)
+
+    def subsampled_model(x):
+        with pyro.plate("data", 100, subsample=torch.arange(x.shape[0])):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ lg.W.T + lg.mu, lg.sigma).to_event(1), obs=x)
+
+    def subsampled_guide(x):
+        with pyro.plate("data", 100, subsample=torch.arange(x.shape[0])):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2, dtype=x.dtype), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="subsampled"):
+        estimate_log_likelihood(subsampled_model, subsampled_guide, x, 10)
+
+    def guide_without_z(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("w", dist.Normal(torch.zeros(x.shape[0], 2, dtype=x.dtype), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=r"guide samples site\(s\) \['w'\]"):
+        estimate_log_likelihood(lg.model, guide_without_z, x, 10)
+
+    def model_with_global(x):
+        s = pyro.sample("s", dist.LogNormal(torch.tensor(0.0, dtype=x.dtype), 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(lg.mu, s).to_event(1), obs=x)
+
+    def guide_global(x):
+        pyro.sample("s", dist.LogNormal(torch.tensor(0.0, dtype=x.dtype), 0.1))
+
+    with pytest.raises(ValueError, match="site 's' is outside the plate 'data'"):
+        estimate_log_likelihood(model_with_global, guide_global, x, 10)
+
+
+@pytest.mark.parametrize("num_samples", [0, -5])
+def test_num_samples_must_be_positive(lg, num_samples):
+    with pytest.raises(ValueError, match="num_samples must be a positive"):
+        estimate_log_likelihood(lg.model, lg.poor_guide, lg.sample(3), num_samples)
+
+
+def test_mnist_vae_k1_is_the_elbo_and_k5000_lies_above(trained_mnist_vae):
+    state, data = trained_mnist_vae
+    vae = make_vae(state)
+    x = data.test[:20]
+    elbo, elbo_se = evaluate_elbo(vae.model, vae.guide, x)
+    trace_elbo = -pyro.infer.Trace_ELBO(num_particles=500, vectorize_particles=True).loss(vae.model, vae.guide, x) / 20
+    result = estimate_log_likelihood(vae.model, vae.guide, x, num_samples=5000, batch_size=10, seed=0)
+    k1, k1_se = result.bound(1)
+    assert abs(k1 - trace_elbo) < 0.5, (k1, trace_elbo)  # 5000 draws vs 500x20: MC noise well below 0.5
+    assert abs(k1 - elbo) < 4 * elbo_se
+    per_point_gain = result.log_likelihood - result.iwae_bounds[1]
+    assert (per_point_gain > 0).all() and per_point_gain.mean() > 1.0
+    assert result.bound(5)[0] < result.bound(50)[0] < result.mean
