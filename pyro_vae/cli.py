@@ -26,7 +26,7 @@ from .data import DATASETS, DataNotFoundError, load_dataset
 from .evaluation import estimate_log_likelihood
 from .models import MODELS, build_model
 from .objectives import ELBO_NAMES
-from .plots import plot_elbo_curves
+from .plots import plot_elbo_curves, plot_log_likelihood_diagnostics
 from .training import OPTIMIZERS, train
 
 __all__ = ["build_parser", "load_run", "main"]
@@ -153,6 +153,7 @@ def cmd_train(args) -> int:
     if args.evaluate_samples:
         estimate = _evaluate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress)
         estimate.save(Path(out) / "evaluation.json")
+        plot_log_likelihood_diagnostics(estimate, dataset.test, dataset.image_shape, Path(out) / "evaluation.png")
         print(estimate.format())
     return 0
 
@@ -167,8 +168,10 @@ def cmd_evaluate(args) -> int:
                          args.particle_chunk_size)
     output = args.output or args.run_dir / "evaluation.json"
     estimate.save(output)
+    picture = output.with_suffix(".png")
+    plot_log_likelihood_diagnostics(estimate, x, dataset.image_shape, picture)
     print(estimate.format())
-    print(f"report: {output}")
+    print(f"report: {output}\npicture: {picture}")
     return 0
 
 
@@ -183,6 +186,7 @@ def cmd_demo(args) -> int:
         estimate = _evaluate(vae, dataset.test[: args.num_eval], args.num_samples, 100, args.seed,
                              not args.no_progress)
         estimate.save(out / elbo / "evaluation.json")
+        plot_log_likelihood_diagnostics(estimate, dataset.test, dataset.image_shape, out / elbo / "evaluation.png")
         results[elbo] = result
         rows.append((elbo, result.final, estimate))
     plot_elbo_curves(results, out / "elbo_comparison.png", args.batch_size, title=f"{dataset.name}: objectives")

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["plot_elbo_curves", "save_image_grid"]
+__all__ = ["plot_elbo_curves", "plot_log_likelihood_diagnostics", "save_image_grid"]
 
 
 def save_image_grid(images: torch.Tensor, image_shape, path: str | Path, ncols: int = 10,
@@ -66,6 +66,59 @@ def plot_elbo_curves(results: dict, path: str | Path, batch_size: int, title: st
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_log_likelihood_diagnostics(result, images: torch.Tensor | None, image_shape, path: str | Path,
+                                    num_worst: int = 10) -> Path:
+    """One figure for a :class:`~pyro_vae.evaluation.LogLikelihoodResult`.
+
+    Left: mean IWAE_k bound against k (±2 SE), up to log p̂(x) at k = K. Middle: histogram of
+    the PSIS k-hat with the 0.5 / 0.7 thresholds. Right (when ``images`` are given): the
+    ``num_worst`` datapoints with the largest k-hat, where the guide is the poorest proposal.
+    """
+    ks = sorted(result.iwae_bounds) + [result.num_samples]
+    stats = [result.bound(k) for k in ks]
+    has_khat = result.pareto_k is not None and not torch.isnan(result.pareto_k).all()
+    ncols = 2 + (images is not None and has_khat)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.6))
+    ax = axes[0]
+    ax.errorbar(ks, [m for m, _ in stats], yerr=[2 * s for _, s in stats], fmt="o-", capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (importance samples)")
+    ax.set_ylabel("IWAE_k bound (nats per datapoint)")
+    ax.set_title(f"bound vs k ({result.num_datapoints} points)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax = axes[1]
+    if has_khat:
+        khat = result.pareto_k[~torch.isnan(result.pareto_k)].numpy()
+        ax.hist(khat, bins=40, color="C1")
+        for threshold in (0.5, 0.7):
+            ax.axvline(threshold, color="k", ls="--", lw=1)
+        counts = ", ".join(f"{k}: {n}" for k, n in result.pareto_k_counts().items())
+        ax.set_title(f"Pareto k-hat, K={result.num_samples}\n{counts}", fontsize=8)
+        ax.set_xlabel("k-hat")
+        ax.set_ylabel("datapoints")
+    else:
+        ax.text(0.5, 0.5, "k-hat needs K >= 100", ha="center", va="center")
+        ax.axis("off")
+    if ncols == 3:
+        worst = torch.argsort(torch.nan_to_num(result.pareto_k, nan=-1.0), descending=True)[:num_worst]
+        pics = images[worst.to(images.device)].detach().cpu().reshape(-1, *image_shape)
+        h, w = image_shape
+        cols = 5
+        rows = math.ceil(len(pics) / cols)
+        grid = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1)
+        for i, pic in enumerate(pics):
+            r, c = divmod(i, cols)
+            grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = pic
+        axes[2].imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[2].axis("off")
+        axes[2].set_title("largest k-hat: " + ", ".join(f"{float(result.pareto_k[i]):.2f}" for i in worst[:5]) + ", ...",
+                          fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -20,7 +20,7 @@ def test_train_then_evaluate_writes_every_promised_file(data_root, tmp_path):
             "--latent-dim", "5", "--hidden-dim", "50", "--out", str(run), "--no-progress",
             "--evaluate-samples", "20", "--device", "cpu", "--data-dir", str(data_root))
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "samples.png", "reconstructions.png",
-                 "elbo.png", "evaluation.json"):
+                 "elbo.png", "evaluation.json", "evaluation.png"):
         assert (run / name).is_file(), name
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     config = json.loads((run / "config.json").read_text())
@@ -29,6 +29,7 @@ def test_train_then_evaluate_writes_every_promised_file(data_root, tmp_path):
     proc = run_cli("evaluate", str(run), "--num-samples", "100", "--num-test", "50", "--no-progress",
                    "--data-dir", str(data_root), "--output", str(tmp_path / "ev.json"))
     assert "log p̂(x), K = 100, 50 datapoints" in proc.stdout and "k=50" in proc.stdout
+    assert (tmp_path / "ev.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((tmp_path / "ev.json").read_text())
     summary = report["summary"]
     assert summary["num_samples"] == 100 and summary["num_datapoints"] == 50
