@@ -14,18 +14,25 @@ import torch  # noqa: E402
 __all__ = ["plot_elbo_curves", "plot_log_likelihood_diagnostics", "save_image_grid"]
 
 
+def _tile(images: torch.Tensor, image_shape, ncols: int) -> torch.Tensor:
+    """Arrange ``(n, H * W)`` images in a grid with ``ncols`` columns and 1-pixel white gaps."""
+    images = images.detach().cpu().reshape(-1, *image_shape)
+    ncols = min(ncols, images.shape[0])
+    nrows = math.ceil(images.shape[0] / ncols)
+    h, w = image_shape
+    grid = torch.ones(nrows * (h + 1) - 1, ncols * (w + 1) - 1)
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncols)
+        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image
+    return grid
+
+
 def save_image_grid(images: torch.Tensor, image_shape, path: str | Path, ncols: int = 10,
                     title: str | None = None) -> Path:
     """Save ``images`` (``(n, H * W)`` or ``(n, H, W)``, values in [0, 1]) as a grid PNG."""
-    images = images.detach().cpu().reshape(-1, *image_shape)
-    n = images.shape[0]
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
+    grid = _tile(images, image_shape, ncols)
+    nrows, ncols = math.ceil(images.shape[0] / min(ncols, images.shape[0])), min(ncols, images.shape[0])
     h, w = image_shape
-    grid = torch.ones(nrows * (h + 1) - 1, ncols * (w + 1) - 1)
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
     fig, ax = plt.subplots(figsize=(ncols * w / 28 * 1.0 + 0.4, nrows * h / 28 * 1.0 + 0.6))
     ax.imshow(grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
@@ -107,14 +114,7 @@ def plot_log_likelihood_diagnostics(result, images: torch.Tensor | None, image_s
         ax.axis("off")
     if ncols == 3:
         worst = torch.argsort(torch.nan_to_num(result.pareto_k, nan=-1.0), descending=True)[:num_worst]
-        pics = images[worst.to(images.device)].detach().cpu().reshape(-1, *image_shape)
-        h, w = image_shape
-        cols = 5
-        rows = math.ceil(len(pics) / cols)
-        grid = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1)
-        for i, pic in enumerate(pics):
-            r, c = divmod(i, cols)
-            grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = pic
+        grid = _tile(images[worst.to(images.device)], image_shape, ncols=5)
         axes[2].imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[2].axis("off")
         axes[2].set_title("largest k-hat: " + ", ".join(f"{float(result.pareto_k[i]):.2f}" for i in worst[:5]) + ", ...",
