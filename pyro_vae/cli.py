@@ -144,6 +144,14 @@ def _evaluate(vae, x, num_samples, batch_size, seed, progress, chunk=None):
                                    particle_chunk_size=chunk, seed=seed, progress=progress)
 
 
+def _save_estimate(estimate, images, image_shape, report: Path) -> Path:
+    """Write the JSON report and, beside it, the diagnostics picture (same name, ``.png``)."""
+    estimate.save(report)
+    picture = report.with_suffix(".png")
+    plot_log_likelihood_diagnostics(estimate, images, image_shape, picture)
+    return picture
+
+
 def cmd_train(args) -> int:
     device = _device(args.device)
     dataset = _load_data(args, device, args.dataset)
@@ -152,8 +160,7 @@ def cmd_train(args) -> int:
     print(f"run folder: {result.out}")
     if args.evaluate_samples:
         estimate = _evaluate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress)
-        estimate.save(Path(out) / "evaluation.json")
-        plot_log_likelihood_diagnostics(estimate, dataset.test, dataset.image_shape, Path(out) / "evaluation.png")
+        _save_estimate(estimate, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
         print(estimate.format())
     return 0
 
@@ -167,9 +174,7 @@ def cmd_evaluate(args) -> int:
     estimate = _evaluate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress,
                          args.particle_chunk_size)
     output = args.output or args.run_dir / "evaluation.json"
-    estimate.save(output)
-    picture = output.with_suffix(".png")
-    plot_log_likelihood_diagnostics(estimate, x, dataset.image_shape, picture)
+    picture = _save_estimate(estimate, x, dataset.image_shape, output)
     print(estimate.format())
     print(f"report: {output}\npicture: {picture}")
     return 0
@@ -185,8 +190,7 @@ def cmd_demo(args) -> int:
         vae, result = _run_training(args, dataset, device, elbo, out / elbo)
         estimate = _evaluate(vae, dataset.test[: args.num_eval], args.num_samples, 100, args.seed,
                              not args.no_progress)
-        estimate.save(out / elbo / "evaluation.json")
-        plot_log_likelihood_diagnostics(estimate, dataset.test, dataset.image_shape, out / elbo / "evaluation.png")
+        _save_estimate(estimate, dataset.test, dataset.image_shape, out / elbo / "evaluation.json")
         results[elbo] = result
         rows.append((elbo, result.final, estimate))
     plot_elbo_curves(results, out / "elbo_comparison.png", args.batch_size, title=f"{dataset.name}: objectives")

@@ -262,19 +262,19 @@ def estimate_log_likelihood(
                         f"pyro.plate({data_plate!r}, len(x)) and pass the datapoints as data"
                     )
                 acc.update(w.log_weights)
-            results["log_likelihood"].append(acc.log_mean_exp().cpu())
+            results["log_likelihood"].append(acc.log_mean_exp())
             for k in group_sizes:
-                bounds[k].append(acc.group_bound(k).cpu())
-            if diagnostics:
-                results["ess"].append(acc.ess().cpu())
+                bounds[k].append(acc.group_bound(k))
+            if diagnostics:  # k-hat is fitted on the CPU (arviz): one transfer of the tail per batch
+                results["ess"].append(acc.ess())
                 results["pareto_k"].append(torch.from_numpy(pareto_k_from_tail(acc.tail, num_samples)))
             bar.update(x.shape[0])
     bar.close()
     return LogLikelihoodResult(
-        log_likelihood=torch.cat(results["log_likelihood"]),
+        log_likelihood=torch.cat(results["log_likelihood"]).cpu(),
         num_samples=num_samples,
-        iwae_bounds={k: torch.cat(v) for k, v in bounds.items()},
-        ess=torch.cat(results["ess"]) if diagnostics else None,
+        iwae_bounds={k: torch.cat(v).cpu() for k, v in bounds.items()},
+        ess=torch.cat(results["ess"]).cpu() if diagnostics else None,
         pareto_k=torch.cat(results["pareto_k"]) if diagnostics else None,
         seconds=time.perf_counter() - start,
     )

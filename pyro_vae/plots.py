@@ -31,9 +31,7 @@ def save_image_grid(images: torch.Tensor, image_shape, path: str | Path, ncols: 
                     title: str | None = None) -> Path:
     """Save ``images`` (``(n, H * W)`` or ``(n, H, W)``, values in [0, 1]) as a grid PNG."""
     grid = _tile(images, image_shape, ncols)
-    nrows, ncols = math.ceil(images.shape[0] / min(ncols, images.shape[0])), min(ncols, images.shape[0])
-    h, w = image_shape
-    fig, ax = plt.subplots(figsize=(ncols * w / 28 * 1.0 + 0.4, nrows * h / 28 * 1.0 + 0.6))
+    fig, ax = plt.subplots(figsize=(grid.shape[1] / 28 + 0.4, grid.shape[0] / 28 + 0.6))
     ax.imshow(grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
     if title:
