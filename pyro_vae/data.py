@@ -320,7 +320,7 @@ def _fixed_binarization(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(x, generator=g)
 
 
-def _load_idx_dataset(name, folder, cls_name, root, download, mirror, valid_size, seed):
+def _load_idx_dataset(name, folder, cls_name, root, download, mirror, valid_size, seed, binarize=True):
     paths = _locate(_torchvision_sources(folder, cls_name), root, name, download, mirror)
     prefix = {"train": "train", "test": "t10k"}
     arrays = {}
@@ -339,16 +339,17 @@ def _load_idx_dataset(name, folder, cls_name, root, download, mirror, valid_size
     if valid_size:
         if not 0 < valid_size < len(train):
             raise ValueError(f"valid_size must be in (0, {len(train)}), got {valid_size}")
-        train, valid = train[:-valid_size], _fixed_binarization(train[-valid_size:], seed + 1)
+        train, valid = train[:-valid_size], train[-valid_size:]
+        valid = _fixed_binarization(valid, seed + 1) if binarize else valid
         train_labels, valid_labels = train_labels[:-valid_size], train_labels[-valid_size:]
     return Dataset(
         name=name,
         train=train,
-        test=_fixed_binarization(test, seed),
+        test=_fixed_binarization(test, seed) if binarize else test,
         valid=valid,
         image_shape=(28, 28),
-        likelihood="bernoulli",
-        binarize=True,
+        likelihood="bernoulli" if binarize else "continuous-bernoulli",
+        binarize=binarize,
         train_labels=train_labels,
         test_labels=test_labels,
         valid_labels=valid_labels,
@@ -400,6 +401,7 @@ def load_dataset(
     mirror: str | None = None,
     valid_size: int = 0,
     seed: int = 0,
+    binarize: bool = True,
 ) -> Dataset:
     """Load a data set onto ``device``.
 
@@ -416,6 +418,8 @@ def load_dataset(
             Fashion-MNIST: the last ones; Frey Face: from the seeded permutation).
             Binarized MNIST always has its published 10000-image validation set.
         seed: seed of the fixed binarization of the test/validation sets and of the Frey split.
+        binarize: MNIST and Fashion-MNIST only: ``False`` keeps the grey levels in every split
+            (no dynamic binarization) and suggests the ``continuous-bernoulli`` likelihood.
 
     Raises:
         ValueError: unknown name (the valid names are listed) or a corrupt file.
@@ -424,7 +428,9 @@ def load_dataset(
     root = resolve_data_root(data_dir)
     if name in ("mnist", "fashion-mnist"):
         folder, cls_name = ("MNIST", "MNIST") if name == "mnist" else ("FashionMNIST", "FashionMNIST")
-        ds = _load_idx_dataset(name, folder, cls_name, root, download, mirror, valid_size, seed)
+        ds = _load_idx_dataset(name, folder, cls_name, root, download, mirror, valid_size, seed, binarize)
+    elif not binarize and name == "binarized-mnist":
+        raise ValueError("binarized-mnist is binary by construction; binarize=False does not apply")
     elif name == "binarized-mnist":
         ds = _load_binarized_mnist(root, download, mirror, valid_size, seed)
     elif name == "frey-face":

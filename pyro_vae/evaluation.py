@@ -27,6 +27,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from .check import check_model_guide
 from .diagnostics import KHAT_THRESHOLDS, StreamingLogWeights, pareto_k_from_tail, psis_tail_length
 from .importance import guess_max_plate_nesting, log_importance_weights
 
@@ -218,9 +219,11 @@ def estimate_log_likelihood(
         :class:`LogLikelihoodResult`, tensors on the CPU, float64, in nats.
 
     Raises:
-        ValueError: ``num_samples <= 0``, empty data, model/guide sites that do not match, a
-            site outside the data plate, or a subsampled data plate (pass the datapoints to
-            evaluate as ``data`` and declare ``pyro.plate(data_plate, len(x))`` instead).
+        ValueError: ``num_samples <= 0`` or empty data.
+        ModelGuideError: (a ``ValueError``) the pair breaks the contract, as found by
+            :func:`~pyro_vae.check_model_guide` (sites that do not match, a site outside the data
+            plate, data outside the likelihood's support, ...), or a subsampled data plate (pass
+            the datapoints to evaluate as ``data`` and declare ``pyro.plate(data_plate, len(x))``).
 
     Scaling: log-densities are used unscaled, so a ``poutine.scale`` inside the pair (a beta
     or KL-annealing weight) does not change the estimate of the generative model's ``log p(x)``.
@@ -238,6 +241,7 @@ def estimate_log_likelihood(
         pyro.set_rng_seed(seed)
 
     start = time.perf_counter()
+    check_model_guide(model, guide, data, *args, data_plate=data_plate, **kwargs)
     first_args, first_kwargs = _slice_args(args, kwargs, num_points, slice(0, min(batch_size, num_points)))
     nesting = guess_max_plate_nesting(model, guide, data[:batch_size], *first_args, **first_kwargs)
     results = {"log_likelihood": [], "ess": [], "pareto_k": []}

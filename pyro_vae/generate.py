@@ -12,8 +12,10 @@ from pyro import poutine
 __all__ = ["reconstruct", "sample_prior"]
 
 
-def _observed_mean(trace) -> torch.Tensor:
-    observed = [site for site in trace.nodes.values() if site["type"] == "sample" and site["is_observed"]]
+def _observed_mean(trace, skip: str | None = None) -> torch.Tensor:
+    """Mean of the first observed site's distribution (``skip``: a site fixed by conditioning)."""
+    observed = [site for name, site in trace.nodes.items()
+                if site["type"] == "sample" and site["is_observed"] and name != skip]
     if not observed:
         raise ValueError("the model has no observed site (pyro.sample(..., obs=x))")
     return observed[0]["fn"].mean

@@ -4,15 +4,21 @@ A likelihood turns a decoder's raw output into a Pyro distribution over one flat
 datapoint, with the pixel dimension as the event dimension (``.to_event(1)``), so that
 ``log_prob`` returns one number per datapoint, in nats.
 
-=============  ========================  =============================================
-name           decoder outputs per pixel  distribution
-=============  ========================  =============================================
-bernoulli      1 (logit)                 ``Bernoulli(logits)``; data must be 0/1
-gaussian       2 (mean, scale)           ``Normal(sigmoid(a), softplus(b) + 1e-3)``
-=============  ========================  =============================================
+====================  ========================  ==============================================
+name                  decoder outputs per pixel  distribution
+====================  ========================  ==============================================
+bernoulli             1 (logit)                 ``Bernoulli(logits)``; data must be 0/1
+continuous-bernoulli  1 (logit)                 ``ContinuousBernoulli(logits)`` (Loaiza-Ganem &
+                                                Cunningham 2019); grey levels in [0, 1]
+gaussian              2 (mean, scale)           ``Normal(sigmoid(a), softplus(b) + 1e-3)``
+gaussian-fixed        1 (mean)                  ``Normal(sigmoid(a), 0.1)``
+====================  ========================  ==============================================
 
-The Gaussian's scale has a floor of 1e-3 (in the data's units, pixels in [0, 1]) so that a
-pixel that never varies cannot drive the density to infinity.
+The learned Gaussian's scale has a floor of 1e-3 (in the data's units, pixels in [0, 1]) so that
+a pixel that never varies cannot drive the density to infinity. The fixed one uses a standard
+deviation of 0.1 pixel units for every pixel. Densities of continuous likelihoods are in nats per
+datapoint with respect to Lebesgue measure on [0, 1]^D (or R^D); they are not comparable with
+Bernoulli log-probabilities.
 """
 
 from __future__ import annotations
@@ -56,6 +62,19 @@ class Bernoulli(Likelihood):
             )
 
 
+class ContinuousBernoulli(Likelihood):
+    name = "continuous-bernoulli"
+    params_per_pixel = 1
+
+    def __call__(self, out):
+        return dist.ContinuousBernoulli(logits=out).to_event(1)
+
+    def check_data(self, x, what="data"):
+        super().check_data(x, what)
+        if not ((x >= 0) & (x <= 1)).all():
+            raise ValueError(f"{what} has values outside [0, 1] but the likelihood is continuous-bernoulli")
+
+
 class Gaussian(Likelihood):
     name = "gaussian"
     params_per_pixel = 2
@@ -65,7 +84,18 @@ class Gaussian(Likelihood):
         return dist.Normal(torch.sigmoid(mean), F.softplus(raw_scale) + 1e-3).to_event(1)
 
 
-LIKELIHOODS: dict[str, Likelihood] = {lik.name: lik for lik in (Bernoulli(), Gaussian())}
+class GaussianFixed(Likelihood):
+    name = "gaussian-fixed"
+    params_per_pixel = 1
+    scale = 0.1
+
+    def __call__(self, out):
+        return dist.Normal(torch.sigmoid(out), self.scale).to_event(1)
+
+
+LIKELIHOODS: dict[str, Likelihood] = {
+    lik.name: lik for lik in (Bernoulli(), ContinuousBernoulli(), Gaussian(), GaussianFixed())
+}
 """Registered likelihoods by name."""
 
 

@@ -11,19 +11,31 @@ trace      ``pyro.infer.Trace_ELBO``     Monte Carlo KL: log p(x,z) - log q(z|x)
 meanfield  ``TraceMeanField_ELBO``       analytic KL(q || p) where it exists
 iwae       :class:`IWAE_ELBO`            log (1/K) sum_k w_k  (Burda et al. 2015)
 =========  ============================  ==============================================
+
+Two modifications of the KL term for any pair, outside the table:
+
+* **KL warm-up / annealing** (Bowman et al. 2016, Sønderby et al. 2016): :func:`scale_latents`
+  multiplies the log-densities of every *latent* site, in model and guide alike, by a factor
+  ``beta`` (the trainer raises it linearly from ``1/N`` to 1 over ``N`` steps). Both functions
+  must be scaled: ``TraceMeanField_ELBO`` reads the guide's scale for the analytic KL.
+* **Free bits** (Kingma et al. 2016): :class:`FreeBitsELBO` replaces the KL of each latent
+  dimension, averaged over the minibatch, by ``max(lambda, KL_j)``.
 """
 
 from __future__ import annotations
 
 import math
 
+import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item
+from pyro.poutine.messenger import Messenger
 
 from .importance import guess_max_plate_nesting, log_importance_weights
 
-__all__ = ["ELBO_NAMES", "IWAE_ELBO", "get_elbo"]
+__all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "get_elbo", "scale_latents"]
 
 ELBO_NAMES = ("trace", "meanfield", "iwae")
 
@@ -83,14 +95,114 @@ class IWAE_ELBO(ELBO):
         return torch_item(loss)
 
 
-def get_elbo(name: str, num_particles: int = 1) -> ELBO:
+class _LatentScale(Messenger):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.factor
+
+
+def scale_latents(fn, factor):
+    """``fn`` with the log-density of every unobserved sample site multiplied by ``factor``.
+
+    ``factor`` is a number, or a zero-argument callable read at each call (for a schedule).
+    Wrap model *and* guide. A factor of 0 is refused by ``TraceMeanField_ELBO``: start warm-up
+    schedules above 0.
+    """
+
+    def scaled(*args, **kwargs):
+        value = factor() if callable(factor) else factor
+        with _LatentScale(value):
+            return fn(*args, **kwargs)
+
+    return scaled
+
+
+def _kl_terms(guide_site, model_site) -> torch.Tensor:
+    """KL(q || p) per latent dimension ``(batch, d)`` where both are diagonal and analytic, else
+    the one-sample estimate per site ``(batch, 1)``, in nats."""
+    q, p = guide_site["fn"], model_site["fn"]
+    if isinstance(q, dist.Independent) and isinstance(p, dist.Independent) and \
+            q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims == 1:
+        try:
+            return dist.kl_divergence(q.base_dist, p.base_dist)
+        except NotImplementedError:
+            pass
+    value = guide_site["value"]
+    return (q.log_prob(value) - p.log_prob(value)).unsqueeze(-1)
+
+
+class FreeBitsELBO(ELBO):
+    r"""The ELBO with free bits (Kingma et al. 2016, eq. 15), per latent dimension.
+
+    .. math::
+        \tilde{\mathcal{L}} = \sum_n \mathbb{E}_q[\log p(x_n \mid z)]
+            - B \sum_j \max\big(\lambda, \tfrac{1}{B} \sum_n \mathrm{KL}_j(x_n)\big)
+
+    over a batch of ``B`` datapoints, with the analytic KL of each dimension ``j`` of a diagonal
+    Normal latent (a one-sample estimate over the whole site otherwise, with threshold
+    ``lambda`` times the site's dimension). Dimensions whose batch-averaged KL is below
+    ``lambda`` nats get no gradient towards the prior, which prevents them from collapsing. The
+    number it returns is an objective, not a bound; evaluate trained pairs with
+    :func:`pyro_vae.evaluate_elbo` or :func:`pyro_vae.estimate_log_likelihood`.
+
+    Args:
+        free_bits: ``lambda`` in nats per latent dimension (>= 0; 0 gives the mean-field ELBO).
+        num_particles: samples averaged per step (drawn one after the other).
+    """
+
+    def __init__(self, free_bits: float, num_particles: int = 1):
+        super().__init__(num_particles=num_particles)
+        if not free_bits >= 0:
+            raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
+        self.free_bits = float(free_bits)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss = 0.0
+        for _ in range(self.num_particles):
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+            for name, site in model_trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if site["is_observed"]:
+                    loss = loss - (site["scale"] * site["fn"].log_prob(site["value"])).sum()
+                    continue
+                kl = _kl_terms(guide_trace.nodes[name], site)
+                kl = kl.reshape(-1, kl.shape[-1])
+                threshold = self.free_bits * (1 if kl.shape[-1] > 1 or site["fn"].event_dim == 0
+                                              else site["fn"].event_shape.numel())
+                scale = guide_trace.nodes[name]["scale"]
+                loss = loss + kl.shape[0] * (scale * kl.mean(0)).clamp(min=threshold).sum()
+        return loss / self.num_particles
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return torch_item(loss)
+
+
+def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
     """The objective called ``name`` (see :data:`ELBO_NAMES`) with ``num_particles`` samples.
 
     Particles are vectorized. For ``trace`` and ``meanfield`` the ``K`` particles are averaged
     (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound.
+    ``free_bits > 0`` (nats per latent dimension) gives :class:`FreeBitsELBO`, for ``meanfield``
+    only (it needs the per-dimension analytic KL).
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if free_bits:
+        if name != "meanfield":
+            raise ValueError(f"free bits need the per-dimension analytic KL: use elbo 'meanfield', not {name!r}")
+        return FreeBitsELBO(free_bits, num_particles)
     if name == "trace":
         return Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
     if name == "meanfield":

@@ -29,11 +29,12 @@ from pyro import poutine
 from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
+from .check import check_model_guide
 from .checkpoint import save_checkpoint
 from .data import Dataset
 from .evaluation import evaluate_elbo
 from .generate import reconstruct, sample_prior
-from .objectives import get_elbo
+from .objectives import get_elbo, scale_latents
 from .plots import plot_elbo_curves, save_image_grid
 
 __all__ = ["OPTIMIZERS", "RUN_FILES", "TrainResult", "make_optimizer", "train"]
@@ -77,10 +78,10 @@ def make_optimizer(name: str, lr: float) -> pyro.optim.PyroOptim:
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def _svi_step(elbo, optim, model, guide, x) -> torch.Tensor:
+def _svi_step(elbo, optim, model, guide, x, *args) -> torch.Tensor:
     """One SVI step on the batch ``x``; returns the loss as a device tensor (no host sync)."""
     with poutine.trace(param_only=True) as capture:
-        loss = elbo.differentiable_loss(model, guide, x)
+        loss = elbo.differentiable_loss(model, guide, x, *args)
         loss.backward()
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     optim(params)
@@ -119,16 +120,28 @@ def _tensorboard_writer(out: Path | None):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def _write_pictures(model, guide, data: Dataset, out: Path, result, label: str, batch_size) -> None:
+def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> None:
+    """Run :func:`check_model_guide` on training data without touching the RNG streams."""
+    if labels and data.train_labels is None:
+        raise ValueError(f"labels=True but the data set {data.name!r} has no labels")
+    args = (data.train_labels,) if labels else ()
+    with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
+        x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
+        check_model_guide(model, guide, x, *args, elbo=elbo)
+
+
+def _write_pictures(model, guide, data: Dataset, out: Path, result, label: str, batch_size, labels) -> None:
     plot_elbo_curves({label: result}, out / "elbo.png", batch_size, title=data.name)
     if data.image_shape is None:
         return
     x = (data.test if data.test is not None else data.train)[:50]
+    args = ((data.test_labels if data.test is not None else data.train_labels)[:50],) if labels else ()
     if data.test is None and data.binarize:
         x = torch.bernoulli(x)
-    save_image_grid(sample_prior(model, x), data.image_shape, out / "samples.png",
-                    title="samples: decoder mean for z ~ p(z)")
-    pairs = torch.stack([x[:30], reconstruct(model, guide, x[:30])], dim=1).reshape(60, -1)
+    save_image_grid(sample_prior(model, x, *args), data.image_shape, out / "samples.png",
+                    title="samples: decoder mean for z ~ p(z)" + (" (labels of the test images)" if labels else ""))
+    recon_args = tuple(a[:30] for a in args)
+    pairs = torch.stack([x[:30], reconstruct(model, guide, x[:30], *recon_args)], dim=1).reshape(60, -1)
     save_image_grid(pairs, data.image_shape, out / "reconstructions.png", ncols=10,
                     title="test images (left) and reconstructions (right), z ~ q(z|x)")
 
@@ -140,6 +153,9 @@ def train(
     *,
     elbo: str = "trace",
     num_particles: int = 1,
+    labels: bool = False,
+    kl_warmup_steps: int = 0,
+    free_bits: float = 0.0,
     optimizer: str = "adam",
     lr: float = 1e-3,
     batch_size: int = 100,
@@ -156,12 +172,19 @@ def train(
     """Train a model/guide pair with SVI.
 
     Args:
-        model, guide: a conforming pair (see :mod:`pyro_vae.models`) whose parameters live on
-            the same device as ``data``; called as ``fn(x_batch)``.
+        model, guide: a conforming pair (see :mod:`pyro_vae.models.base`) whose parameters live
+            on the same device as ``data``; called as ``fn(x_batch)`` (``fn(x_batch, y_batch)``
+            with ``labels``). :func:`~pyro_vae.check_model_guide` checks it before the first step.
         data: a :class:`~pyro_vae.data.Dataset` (train/test splits, dynamic binarization) or an
             ``(N, ...)`` tensor of training data (no test ELBO then).
         elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO) or ``iwae``.
         num_particles: samples per datapoint per step (averaged, or ``K`` for ``iwae``).
+        labels: pass each batch's class labels (``data.train_labels``) as the second argument,
+            for conditional pairs; the test ELBO uses ``data.test_labels``.
+        kl_warmup_steps: ``N > 0`` scales every latent site (model and guide) by
+            ``min(1, step / N)`` for step ``1, 2, ...`` (KL warm-up); not with ``iwae``.
+        free_bits: nats per latent dimension for :class:`~pyro_vae.objectives.FreeBitsELBO`
+            (``meanfield`` only); 0 is off.
         optimizer, lr: ``adam`` or ``adagrad`` and its learning rate.
         batch_size: datapoints per SVI step; each epoch visits every training point once.
         epochs: passes over the training set.
@@ -182,6 +205,8 @@ def train(
 
     Raises:
         ValueError: bad settings (names, sizes) with the valid choices in the message.
+        ModelGuideError: (a ``ValueError``) the pair breaks the contract; the message names
+            the rule and the site.
         FileExistsError: ``out`` already holds a run and ``overwrite`` is false.
     """
     if isinstance(data, torch.Tensor):
@@ -193,17 +218,29 @@ def train(
         raise ValueError(f"batch_size must be between 1 and the training set size {num_train}, got {batch_size}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    objective = get_elbo(elbo, num_particles)
+    if kl_warmup_steps < 0:
+        raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
+    if kl_warmup_steps and elbo == "iwae":
+        raise ValueError("KL warm-up scales the latent sites only, which has no importance-weighted "
+                         "analogue: use elbo 'trace' or 'meanfield' with kl_warmup_steps")
+    objective = get_elbo(elbo, num_particles, free_bits)
     optim = make_optimizer(optimizer, lr)
-    out = _prepare_out(out, overwrite)
     device = data.device
     if clear_params:
         pyro.clear_param_store()
+    _check_pair(model, guide, data, elbo, labels)
+    out = _prepare_out(out, overwrite)
     if seed is not None:
         pyro.set_rng_seed(seed)
+    step = 0
+    step_model, step_guide = model, guide
+    if kl_warmup_steps:
+        warmup = lambda: min(1.0, (step + 1) / kl_warmup_steps)  # noqa: E731  read at each step
+        step_model, step_guide = scale_latents(model, warmup), scale_latents(guide, warmup)
 
     settings = dict(
-        elbo=elbo, num_particles=num_particles, optimizer=optimizer, lr=lr, batch_size=batch_size,
+        elbo=elbo, num_particles=num_particles, labels=labels, kl_warmup_steps=kl_warmup_steps,
+        free_bits=free_bits, optimizer=optimizer, lr=lr, batch_size=batch_size,
         epochs=epochs, seed=seed, dataset=data.name, num_train=num_train,
         num_test=None if data.test is None else data.test.shape[0], device=str(device),
     )
@@ -212,7 +249,6 @@ def train(
     writer = _tensorboard_writer(out)
     result = TrainResult(out=out)
     steps_per_epoch = math.ceil(num_train / batch_size)
-    step = 0
     for epoch in range(1, epochs + 1):
         _sync(device)
         start = time.perf_counter()
@@ -223,7 +259,9 @@ def train(
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs} [{elbo}]", disable=not progress,
                    leave=False)
         for b in range(steps_per_epoch):
-            loss = _svi_step(objective, optim, model, guide, x_epoch[perm[b * batch_size : (b + 1) * batch_size]])
+            index = perm[b * batch_size : (b + 1) * batch_size]
+            args = (data.train_labels[index],) if labels else ()
+            loss = _svi_step(objective, optim, step_model, step_guide, x_epoch[index], *args)
             total = total + loss
             interval_total = interval_total + loss
             interval_points += min(batch_size, num_train - b * batch_size)
@@ -246,8 +284,9 @@ def train(
             "total_train_seconds": result.train_seconds,
         }
         if data.test is not None:
+            test_args = (data.test_labels,) if labels else ()
             metrics["test_elbo"], metrics["test_elbo_se"] = evaluate_elbo(
-                model, guide, data.test, eval_batch_size)
+                model, guide, data.test, eval_batch_size, *test_args)
         result.history.append(metrics)
         if progress:
             test = f", test ELBO {metrics['test_elbo']:.2f} ± {metrics['test_elbo_se']:.2f}" if "test_elbo" in metrics else ""
@@ -262,7 +301,7 @@ def train(
                         writer.add_scalar(key, metrics[key], step)
     if out is not None:
         save_checkpoint(out / "checkpoint.pt", optim, step=step, epoch=epochs)
-        _write_pictures(model, guide, data, out, result, elbo, batch_size)
+        _write_pictures(model, guide, data, out, result, elbo, batch_size, labels)
     if writer is not None:
         writer.close()
     return result

@@ -45,13 +45,13 @@ def test_elbo_of_tiny_net_equals_hand_computation():
     z = poutine.trace(vae.guide).get_trace(x).nodes["z"]["value"]
 
     enc, dec = vae.encoder, vae.decoder
-    h = torch.tanh(x @ enc.hidden.weight.T + enc.hidden.bias)
+    h = torch.tanh(x @ enc.hidden[0].weight.T + enc.hidden[0].bias)
     loc = h @ enc.loc.weight.T + enc.loc.bias
     log_var = h @ enc.log_var.weight.T + enc.log_var.bias
     log_2pi = math.log(2 * math.pi)
     log_q = (-0.5 * (z - loc) ** 2 / log_var.exp() - 0.5 * log_var - 0.5 * log_2pi).sum()
     log_prior = (-0.5 * z**2 - 0.5 * log_2pi).sum()
-    logits = torch.tanh(z @ dec.hidden.weight.T + dec.hidden.bias) @ dec.out.weight.T + dec.out.bias
+    logits = torch.tanh(z @ dec.hidden[0].weight.T + dec.hidden[0].bias) @ dec.out.weight.T + dec.out.bias
     log_lik = (x * logits - F.softplus(logits)).sum()
     by_hand = (log_lik + log_prior - log_q).item()
 

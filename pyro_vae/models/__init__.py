@@ -1,33 +1,71 @@
-"""Model/guide pairs shipped with pyro-vae, by name (``--model NAME``).
+"""Model/guide pairs shipped with pyro-vae, by name (``--model NAME``, ``pyro-vae models``).
 
-A *conforming pair* is two Pyro functions ``model(x, *args, **kwargs)`` and
-``guide(x, *args, **kwargs)`` such that:
+What a conforming pair is (signature, data plate, observed and latent sites, extra arguments,
+scales) is written in :mod:`pyro_vae.models.base`; :func:`pyro_vae.check_model_guide` checks
+it. The trainer and the estimators work on any conforming pair, not only these.
 
-* ``x`` is a ``(batch, ...)`` tensor and both functions declare ``pyro.plate("data", batch)``
-  around every sample site that belongs to a datapoint;
-* the model has observed site(s) (``obs=x``) and latent sites inside that plate; the guide has
-  the same latent sites, with the same shapes, and no others;
-* neural nets are registered with ``pyro.module`` (or are ``PyroModule``s), so that the
-  trainer, the checkpoint code and the estimators see their parameters in Pyro's param store.
+============  ===================================================================
+name          pair
+============  ===================================================================
+mlp           :class:`VAE`, Kingma & Welling (2013)
+conv          :class:`ConvVAE`, convolutional nets for images
+hierarchical  :class:`HierarchicalVAE`, Burda et al. (2015) stochastic layers
+conditional   :class:`ConditionalVAE`, labels as an extra argument
+iaf           :class:`FlowVAE`, inverse autoregressive flow guide
+============  ===================================================================
 
-The trainer (:func:`pyro_vae.train`) and the log-likelihood estimator
-(:func:`pyro_vae.estimate_log_likelihood`) work on any such pair.
+Every pair takes ``beta`` (beta-VAE: the latent sites scaled in model and guide).
 """
 
 from __future__ import annotations
 
+import inspect
+
+from .base import PairModule
+from .conditional import ConditionalVAE
+from .conv import ConvVAE
+from .flow import FlowVAE
+from .hierarchical import HierarchicalVAE
 from .mlp import VAE
 
-__all__ = ["MODELS", "VAE", "build_model"]
+__all__ = [
+    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "PairModule", "VAE",
+    "build_model", "model_options",
+]
 
-MODELS = {"mlp": VAE}
+MODELS: dict[str, type[PairModule]] = {
+    "mlp": VAE,
+    "conv": ConvVAE,
+    "hierarchical": HierarchicalVAE,
+    "conditional": ConditionalVAE,
+    "iaf": FlowVAE,
+}
 """Shipped model families by name."""
 
 
-def build_model(name: str, data_dim: int, **config):
-    """Instantiate the shipped model family ``name`` (an ``nn.Module`` with ``model``/``guide``)."""
+def _family(name: str) -> type[PairModule]:
     try:
-        cls = MODELS[name]
+        return MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The keyword arguments family ``name`` takes (besides ``data_dim``), with their defaults."""
+    params = list(inspect.signature(_family(name).__init__).parameters.values())[2:]
+    return {p.name: p.default for p in params}
+
+
+def build_model(name: str, data_dim: int, **config) -> PairModule:
+    """Instantiate the shipped model family ``name`` (an ``nn.Module`` with ``model``/``guide``).
+
+    Raises:
+        ValueError: unknown family (the names are listed) or an option the family does not take
+            (its options are listed).
+    """
+    cls = _family(name)
+    unknown = sorted(set(config) - set(model_options(name)))
+    if unknown:
+        raise ValueError(f"model {name!r} does not take {', '.join(unknown)}; it takes "
+                         f"{', '.join(model_options(name))}")
     return cls(data_dim, **config)

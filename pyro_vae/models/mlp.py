@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
-from ..likelihoods import get_likelihood
 from ..nets import MLPDecoder, MLPEncoder
+from .base import PairModule
 
 __all__ = ["VAE"]
 
 
-class VAE(nn.Module):
+class VAE(PairModule):
     """Auto-Encoding Variational Bayes with one tanh hidden layer in encoder and decoder.
 
     Generative model (``model``)::
@@ -30,33 +31,48 @@ class VAE(nn.Module):
     with ``pyro.module`` under the names ``"decoder"`` (model) and ``"encoder"`` (guide), so any
     Pyro ELBO trains the pair, with or without :func:`pyro_vae.train`.
 
+    Subclasses change the nets (:class:`~pyro_vae.models.ConvVAE`), the inputs of the nets
+    (:class:`~pyro_vae.models.ConditionalVAE`) or the guide's distribution
+    (:class:`~pyro_vae.models.FlowVAE`) through :meth:`posterior`, ``_model`` and ``_guide``.
+
     Args:
         data_dim: number of pixels ``D`` of one flattened datapoint.
         latent_dim: dimension of ``z`` (the paper's ``N_z``).
         hidden_dim: hidden units (500 for MNIST, 200 for Frey Face in the paper).
         likelihood: name of the observation model (see :mod:`pyro_vae.likelihoods`).
+        beta: KL weight (beta-VAE), applied to ``z`` in both model and guide.
     """
 
+    description = "Kingma & Welling (2013) MLP: one tanh hidden layer each way, diagonal Normal guide"
+
     def __init__(self, data_dim: int, latent_dim: int = 20, hidden_dim: int = 500,
-                 likelihood: str = "bernoulli"):
-        super().__init__()
-        self.data_dim = data_dim
-        self.latent_dim = latent_dim
-        self.likelihood = get_likelihood(likelihood)
+                 likelihood: str = "bernoulli", beta: float = 1.0):
+        super().__init__(data_dim, latent_dim, likelihood, beta)
         self.encoder = MLPEncoder(data_dim, hidden_dim, latent_dim)
         self.decoder = MLPDecoder(latent_dim, hidden_dim, data_dim * self.likelihood.params_per_pixel)
 
     def model(self, x: torch.Tensor) -> None:
         """p(z) p(x | z) for a batch ``x`` of shape ``(batch, data_dim)``."""
-        pyro.module("decoder", self.decoder)
-        loc = x.new_zeros(self.latent_dim)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(loc, 1.0).expand([self.latent_dim]).to_event(1))
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+        self._model(x, self.decoder)
 
     def guide(self, x: torch.Tensor) -> None:
         """q(z | x) for a batch ``x`` of shape ``(batch, data_dim)``."""
+        self._guide(x, lambda: self.encoder(x))
+
+    def posterior(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.TorchDistribution:
+        """The guide's distribution of ``z`` given the encoder's outputs (diagonal Normal here)."""
+        return dist.Normal(loc, scale).to_event(1)
+
+    def _model(self, x: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            with self.latent_scale():
+                z = pyro.sample("z", self.standard_normal(x, self.latent_dim))
+            pyro.sample("x", self.likelihood(decode(z)), obs=x)
+
+    def _guide(self, x: torch.Tensor, encode: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            loc, scale = encode()
+            with self.latent_scale():
+                pyro.sample("z", self.posterior(loc, scale))

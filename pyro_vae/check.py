@@ -1,0 +1,139 @@
+"""Check that a model/guide pair follows the contract, before any training or estimation.
+
+:func:`check_model_guide` runs the guide once on a small batch, replays the model against it, and
+raises :class:`ModelGuideError` naming the first broken rule and the site it concerns (the rules
+are in :mod:`pyro_vae.models.base`). The trainer and the estimators call it first, so a user meets
+one clear message instead of a traceback from deep inside Pyro.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro import poutine
+
+from .importance import _sample_sites
+
+__all__ = ["ModelGuideError", "check_model_guide"]
+
+
+class ModelGuideError(ValueError):
+    """A model/guide pair breaks the contract; the message names the rule and the site."""
+
+
+def _slice(value, batch: int, num_points: int):
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == num_points:
+        return value[:batch]
+    return value
+
+
+def _data_plate_size(site, data_plate: str):
+    for frame in site["cond_indep_stack"]:
+        if frame.name == data_plate:
+            return frame.size
+    return None
+
+
+def _run(fn, role: str, *args, **kwargs):
+    try:
+        return poutine.trace(fn).get_trace(*args, **kwargs)
+    except ModelGuideError:
+        raise
+    except ValueError as e:
+        raise ModelGuideError(f"the {role} failed on a batch of {args[0].shape[0]} datapoints: {e}") from e
+    except (RuntimeError, TypeError, IndexError, KeyError) as e:
+        raise ModelGuideError(f"the {role} raised {type(e).__name__} on a batch of "
+                              f"{args[0].shape[0]} datapoints: {e}") from e
+
+
+def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None = None, batch_size: int = 8,
+                      data_plate: str = "data", **kwargs) -> None:
+    """Run ``guide`` and ``model`` once on the first ``batch_size`` rows of ``data`` and check the
+    contract; return ``None`` when the pair conforms.
+
+    Args:
+        model, guide: the pair, called as ``fn(x, *args, **kwargs)``.
+        data: ``(N, D)`` data. The pair runs on the first ``batch_size`` rows; every row is
+            checked against the support of the observed site. Tensor arguments in
+            ``args``/``kwargs`` whose first dimension is ``N`` are sliced with it (labels).
+        elbo: the objective the pair will be trained with; ``"iwae"`` also requires every guide
+            site to be reparameterizable.
+        batch_size: rows used for the check (at least 2, so that a plate of the wrong size shows).
+        data_plate: name of the plate over datapoints.
+
+    Raises:
+        ModelGuideError: naming the problem and the site: a model or guide that fails to run on
+            the batch; a missing data plate or one whose size differs from the batch; a latent
+            site in one function but not the other; batch or event shapes that differ between
+            model and guide; a guide draw outside the model's support; a site that is not
+            reparameterizable under ``iwae``; no observed site; observations outside the
+            support of the model's likelihood (e.g. grey pixels under a Bernoulli); a log-density
+            that is not finite.
+    """
+    if not isinstance(data, torch.Tensor) or data.dim() < 2:
+        raise ModelGuideError(f"data must be a (num_datapoints, ...) tensor, got "
+                              f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
+    num_points = data.shape[0]
+    if num_points == 0:
+        raise ModelGuideError("data is empty")
+    batch = min(max(batch_size, 2), num_points)
+    x = data[:batch]
+    args = tuple(_slice(a, batch, num_points) for a in args)
+    kwargs = {k: _slice(v, batch, num_points) for k, v in kwargs.items()}
+
+    # Pyro's own argument validation is off here so that the support checks below give the message
+    rng = torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else [])
+    with poutine.block(), rng, pyro.validation_enabled(False):
+        guide_trace = _run(guide, "guide", x, *args, **kwargs)
+        model_trace = _run(poutine.replay(model, trace=guide_trace), "model", x, *args, **kwargs)
+
+    guide_sites = dict(_sample_sites(guide_trace))
+    observed = dict(_sample_sites(model_trace, observed=True))
+    latent = dict(_sample_sites(model_trace, observed=False))
+    if not observed:
+        raise ModelGuideError("the model has no observed site: call pyro.sample(name, likelihood, obs=x)")
+    for role, sites in (("model", {**latent, **observed}), ("guide", guide_sites)):
+        for name, site in sites.items():
+            size = _data_plate_size(site, data_plate)
+            if size is None:
+                raise ModelGuideError(
+                    f"{role} site {name!r} is not inside pyro.plate({data_plate!r}, batch): every "
+                    "site of a datapoint must be, so that estimates stay per datapoint")
+            if size != batch:
+                raise ModelGuideError(
+                    f"{role} site {name!r}: plate {data_plate!r} has size {size} but the batch has "
+                    f"{batch} datapoints; declare pyro.plate({data_plate!r}, x.shape[0])")
+    for name in latent.keys() - guide_sites.keys():
+        raise ModelGuideError(f"latent site {name!r} of the model has no site in the guide")
+    for name in guide_sites.keys() - latent.keys():
+        where = "is observed in the model" if name in observed else "is not in the model"
+        raise ModelGuideError(f"guide site {name!r} {where}; the guide must sample exactly the model's latent sites")
+
+    for name, g in guide_sites.items():
+        m = latent[name]
+        for what in ("batch_shape", "event_shape"):
+            gs, ms = getattr(g["fn"], what), getattr(m["fn"], what)
+            if tuple(gs) != tuple(ms):
+                raise ModelGuideError(f"site {name!r}: the guide's {what} {tuple(gs)} differs from the "
+                                      f"model's {tuple(ms)}")
+        if not bool(m["fn"].support.check(g["value"]).all()):
+            raise ModelGuideError(f"site {name!r}: the guide draws values outside the support of the "
+                                  f"model's distribution ({m['fn'].support})")
+        if elbo == "iwae" and not g["fn"].has_rsample:
+            raise ModelGuideError(f"guide site {name!r} ({type(g['fn']).__name__}) is not reparameterizable, "
+                                  "but the iwae objective needs rsample()")
+    for name, site in observed.items():
+        # the support does not depend on parameters: check every datapoint, not only the batch
+        values = data if tuple(site["value"].shape[-data.dim() + 1:]) == tuple(data.shape[1:]) else site["value"]
+        inside = site["fn"].support.check(values)
+        if not bool(inside.all()):
+            bad = int((~inside).sum())
+            raise ModelGuideError(
+                f"observed site {name!r}: {bad} of {inside.numel()} datapoints lie outside the support of "
+                f"{type(site['fn']).__name__} ({site['fn'].support}); e.g. grey pixels under a Bernoulli "
+                "likelihood: binarize the data or choose a likelihood for grey levels")
+    for role, trace in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in _sample_sites(trace):
+            log_prob = site["fn"].log_prob(site["value"])
+            if not bool(torch.isfinite(log_prob).all()):
+                raise ModelGuideError(f"{role} site {name!r}: log-density is not finite on the check batch")

@@ -1,0 +1,81 @@
+"""The base piece of every shipped pair, and the contract any pair (shipped or not) follows.
+
+A *conforming pair* is two Pyro functions ``model(x, *args, **kwargs)`` and
+``guide(x, *args, **kwargs)`` called with the same arguments:
+
+* **Call signature.** ``x`` is a ``(batch, D)`` tensor of flattened datapoints. Extra
+  arguments (for example class labels ``y`` of shape ``(batch,)`` for a conditional model) come
+  after it; a tensor argument whose first dimension is ``batch`` is sliced with ``x`` by the
+  trainer and the estimators.
+* **The data plate.** Both functions declare ``pyro.plate("data", batch)`` (size = the number of
+  rows of ``x``) around every sample site that belongs to a datapoint. The estimators keep this
+  dimension to report one number per datapoint.
+* **Observed site.** The model has at least one site with ``obs=`` (the pixels); its
+  distribution's support must contain the data (0/1 pixels for a Bernoulli likelihood).
+* **Latent sites.** Every unobserved sample site of the model has a site of the same name in
+  the guide and vice versa, with the same batch and event shapes; the guide's draws must lie in
+  the model's support. For ``iwae`` (and for vectorized estimates in general) the guide's
+  distributions must be reparameterizable (``has_rsample``).
+* **Parameters.** Neural nets are registered with ``pyro.module`` (or are ``PyroModule``\\ s),
+  so Pyro's param store, the optimizer and the checkpoints see them.
+* **Scales.** ``poutine.scale`` on latent sites (beta-VAE, KL warm-up) must be applied in both
+  model and guide, so that ``TraceMeanField_ELBO``, which reads the guide's scale for the
+  analytic KL, gives the same objective as ``Trace_ELBO``.
+
+The trainer (:func:`pyro_vae.train`) and the estimators (:func:`pyro_vae.estimate_log_likelihood`,
+:func:`pyro_vae.evaluate_elbo`) assume nothing else; :func:`pyro_vae.check_model_guide` runs a
+pair once on a small batch and names the first violated rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from ..likelihoods import get_likelihood
+
+__all__ = ["PairModule"]
+
+
+class PairModule(nn.Module):
+    """Base class of the shipped pairs: an ``nn.Module`` holding the nets, with ``model`` and
+    ``guide`` methods that follow the contract above.
+
+    Args:
+        data_dim: number of values ``D`` of one flattened datapoint.
+        latent_dim: dimension of the (top) latent variable.
+        likelihood: observation model by name (see :mod:`pyro_vae.likelihoods`).
+        beta: weight of the KL term (beta-VAE, Higgins et al. 2017). Applied with
+            ``poutine.scale`` to every latent site in both model and guide; 1 is the plain ELBO.
+
+    Class attributes:
+        description: one line for ``pyro-vae models``.
+        needs_labels: ``True`` when ``model``/``guide`` take class labels ``y`` after ``x``.
+    """
+
+    description = ""
+    needs_labels = False
+
+    def __init__(self, data_dim: int, latent_dim: int, likelihood: str = "bernoulli", beta: float = 1.0):
+        super().__init__()
+        if data_dim < 1 or latent_dim < 1:
+            raise ValueError(f"data_dim and latent_dim must be positive, got {data_dim} and {latent_dim}")
+        if not beta > 0:
+            raise ValueError(f"beta must be positive (a scale of 0 breaks TraceMeanField_ELBO), got {beta}")
+        self.data_dim = data_dim
+        self.latent_dim = latent_dim
+        self.likelihood = get_likelihood(likelihood)
+        self.beta = float(beta)
+
+    def latent_scale(self):
+        """Context that scales latent sites by ``beta`` (a no-op when ``beta == 1``)."""
+        return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
+
+    @staticmethod
+    def standard_normal(like: torch.Tensor, dim: int) -> dist.TorchDistribution:
+        """``Normal(0, I)`` over ``dim`` dimensions, on ``like``'s device and dtype."""
+        return dist.Normal(like.new_zeros(dim), 1.0).to_event(1)
