@@ -5,9 +5,11 @@ importance sampling (:func:`estimate_log_likelihood`). Units are nats per datapo
 bound is a lower bound on log p(x) (higher is better), a loss is its negative.
 """
 
+from .check import ModelGuideError, check_model_guide
 from .data import Dataset, load_dataset
 from .evaluation import LogLikelihoodResult, estimate_log_likelihood, evaluate_elbo
-from .models import VAE, build_model
+from .latent import anomaly_scores, decode, encode, interpolate, latent_manifold, traverse
+from .models import MODELS, VAE, build_model
 from .objectives import IWAE_ELBO, get_elbo
 from .training import TrainResult, train
 
@@ -15,11 +17,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IWAE_ELBO",
+    "MODELS",
     "Dataset",
     "LogLikelihoodResult",
+    "ModelGuideError",
     "TrainResult",
     "VAE",
+    "anomaly_scores",
     "build_model",
+    "check_model_guide",
+    "decode",
+    "encode",
+    "interpolate",
+    "latent_manifold",
+    "traverse",
     "estimate_log_likelihood",
     "evaluate_elbo",
     "get_elbo",

@@ -12,7 +12,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from .importance import _sample_sites
+from .importance import sample_sites
 
 __all__ = ["ModelGuideError", "check_model_guide"]
 
@@ -34,16 +34,23 @@ def _data_plate_size(site, data_plate: str):
     return None
 
 
+def _name(fn) -> str:
+    """The distribution's own name, through Independent/Expanded/Masked wrappers."""
+    while hasattr(fn, "base_dist") and type(fn).__name__ in ("Independent", "ExpandedDistribution",
+                                                              "MaskedDistribution"):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
 def _run(fn, role: str, *args, **kwargs):
     try:
         return poutine.trace(fn).get_trace(*args, **kwargs)
     except ModelGuideError:
         raise
-    except ValueError as e:
-        raise ModelGuideError(f"the {role} failed on a batch of {args[0].shape[0]} datapoints: {e}") from e
-    except (RuntimeError, TypeError, IndexError, KeyError) as e:
+    except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as e:
+        message = str(e).split("\nTrace Shapes:")[0]  # Pyro appends a shape table to errors
         raise ModelGuideError(f"the {role} raised {type(e).__name__} on a batch of "
-                              f"{args[0].shape[0]} datapoints: {e}") from e
+                              f"{args[0].shape[0]} datapoints: {message}") from e
 
 
 def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None = None, batch_size: int = 8,
@@ -87,12 +94,13 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
         guide_trace = _run(guide, "guide", x, *args, **kwargs)
         model_trace = _run(poutine.replay(model, trace=guide_trace), "model", x, *args, **kwargs)
 
-    guide_sites = dict(_sample_sites(guide_trace))
-    observed = dict(_sample_sites(model_trace, observed=True))
-    latent = dict(_sample_sites(model_trace, observed=False))
+    guide_sites = dict(sample_sites(guide_trace))
+    observed = dict(sample_sites(model_trace, observed=True))
+    latent = dict(sample_sites(model_trace, observed=False))
     if not observed:
         raise ModelGuideError("the model has no observed site: call pyro.sample(name, likelihood, obs=x)")
-    for role, sites in (("model", {**latent, **observed}), ("guide", guide_sites)):
+    # the guide first: replay copies the guide's plate sizes into the model
+    for role, sites in (("guide", guide_sites), ("model", {**latent, **observed})):
         for name, site in sites.items():
             size = _data_plate_size(site, data_plate)
             if size is None:
@@ -118,9 +126,9 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
                                       f"model's {tuple(ms)}")
         if not bool(m["fn"].support.check(g["value"]).all()):
             raise ModelGuideError(f"site {name!r}: the guide draws values outside the support of the "
-                                  f"model's distribution ({m['fn'].support})")
+                                  f"model's {_name(m['fn'])} distribution")
         if elbo == "iwae" and not g["fn"].has_rsample:
-            raise ModelGuideError(f"guide site {name!r} ({type(g['fn']).__name__}) is not reparameterizable, "
+            raise ModelGuideError(f"guide site {name!r} ({_name(g['fn'])}) is not reparameterizable, "
                                   "but the iwae objective needs rsample()")
     for name, site in observed.items():
         # the support does not depend on parameters: check every datapoint, not only the batch
@@ -130,10 +138,10 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
             bad = int((~inside).sum())
             raise ModelGuideError(
                 f"observed site {name!r}: {bad} of {inside.numel()} datapoints lie outside the support of "
-                f"{type(site['fn']).__name__} ({site['fn'].support}); e.g. grey pixels under a Bernoulli "
+                f"{_name(site['fn'])}; e.g. grey pixels under a Bernoulli "
                 "likelihood: binarize the data or choose a likelihood for grey levels")
     for role, trace in (("guide", guide_trace), ("model", model_trace)):
-        for name, site in _sample_sites(trace):
+        for name, site in sample_sites(trace):
             log_prob = site["fn"].log_prob(site["value"])
             if not bool(torch.isfinite(log_prob).all()):
                 raise ModelGuideError(f"{role} site {name!r}: log-density is not finite on the check batch")

@@ -7,6 +7,9 @@ Subcommands:
   writes pictures (a few minutes on a 2-core CPU).
 * ``pyro-vae train``: one SVI run into a run folder (``--out``).
 * ``pyro-vae evaluate RUN_DIR``: importance-sampled log p(x) of a trained run on its test set.
+* ``pyro-vae latent RUN_DIR``: interpolation, traversal, anomaly (and, for a 2-D latent space,
+  manifold) pictures of a trained run.
+* ``pyro-vae models``: the shipped model/guide pairs and their options.
 
 Every number printed is in nats per datapoint; ELBOs and log-likelihoods are higher-is-better.
 """
@@ -24,9 +27,11 @@ from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import DATASETS, DataNotFoundError, load_dataset
 from .evaluation import estimate_log_likelihood
-from .models import MODELS, build_model
+from .latent import latent_manifold, latent_pictures
+from .likelihoods import LIKELIHOODS
+from .models import MODELS, build_model, model_options
 from .objectives import ELBO_NAMES
-from .plots import plot_elbo_curves, plot_log_likelihood_diagnostics
+from .plots import plot_elbo_curves, plot_log_likelihood_diagnostics, save_image_grid
 from .training import OPTIMIZERS, train
 
 __all__ = ["build_parser", "load_run", "main"]
@@ -54,15 +59,26 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
-    p.add_argument("--model", default="mlp", choices=sorted(MODELS))
+    p.add_argument("--model", default="mlp", choices=list(MODELS), help="model/guide pair (see: pyro-vae models)")
+    p.add_argument("--likelihood", default=None, choices=list(LIKELIHOODS),
+                   help="observation model (default: the data set's; a grey-level likelihood on MNIST or "
+                        "Fashion-MNIST turns binarization off)")
+    p.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE), latent sites scaled in model and guide")
+    p.add_argument("--kl-warmup", type=int, default=0, metavar="STEPS",
+                   help="raise the KL weight linearly from 1/STEPS to 1 over STEPS steps")
+    p.add_argument("--free-bits", type=float, default=0.0, metavar="NATS",
+                   help="free bits per latent dimension (needs --elbo meanfield)")
+    p.add_argument("--num-flows", type=int, default=None, help="iaf: number of autoregressive transforms")
+    p.add_argument("--stochastic-layers", type=int, default=None, help="hierarchical: number of latent layers")
     p.add_argument("--num-particles", type=int, default=1,
                    help="samples per datapoint per step (K for --elbo iwae)")
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--latent-dim", type=int, default=20)
-    p.add_argument("--hidden-dim", type=int, default=None, help="default: 500 (MNIST-like), 200 (Frey Face)")
+    p.add_argument("--latent-dim", type=int, default=None, help="default: the model's (20; 50 for hierarchical)")
+    p.add_argument("--hidden-dim", type=int, default=None,
+                   help="default: the model's (500; 200 for hierarchical), 200 on Frey Face")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=None, help="train on the first N training points only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -93,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_data_args(p)
 
+    p = sub.add_parser("latent", help="latent-space pictures of a trained run (interpolation, traversal, anomalies)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--num-samples", type=int, default=100, help="K for the anomaly scores (-log p(x))")
+    p.add_argument("--output", type=Path, default=None, help="folder for the PNGs (default: RUN_DIR/latent)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_args(p)
+
+    sub.add_parser("models", help="list the shipped model/guide pairs and their options")
+
     p = sub.add_parser("demo", help="main job: Trace_ELBO vs TraceMeanField_ELBO on MNIST, a table and pictures")
     _add_train_args(p, epochs=3)
     p.add_argument("--num-samples", type=int, default=1000, help="K for the log p(x) estimate")
@@ -103,8 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_config(args, dataset) -> dict:
-    hidden = args.hidden_dim or DEFAULT_HIDDEN.get(dataset.name, 500)
-    return {"latent_dim": args.latent_dim, "hidden_dim": hidden, "likelihood": dataset.likelihood}
+    """Options for ``build_model``: the data set's facts where the family takes them, and every
+    option the user set (an option the family does not take is an error there)."""
+    accepted = model_options(args.model)
+    config = {"likelihood": dataset.likelihood, "image_shape": dataset.image_shape,
+              "hidden_dim": args.hidden_dim or DEFAULT_HIDDEN.get(dataset.name)}
+    config = {k: v for k, v in config.items() if k in accepted and v is not None}
+    explicit = {"latent_dim": args.latent_dim, "num_flows": args.num_flows,
+                "stochastic_layers": args.stochastic_layers, "beta": args.beta if args.beta != 1.0 else None}
+    config.update({k: v for k, v in explicit.items() if v is not None})
+    if "image_shape" in config:
+        config["image_shape"] = list(config["image_shape"])
+    return config
 
 
 def _run_training(args, dataset, device, elbo: str, out) -> tuple:
@@ -113,15 +148,25 @@ def _run_training(args, dataset, device, elbo: str, out) -> tuple:
     config = {"model": args.model, "model_config": model_config, "data_dim": dataset.data_dim,
               "image_shape": dataset.image_shape}
     result = train(
-        vae.model, vae.guide, dataset, elbo=elbo, num_particles=args.num_particles,
+        vae.model, vae.guide, dataset, elbo=elbo, num_particles=args.num_particles, labels=vae.needs_labels,
+        kl_warmup_steps=args.kl_warmup, free_bits=args.free_bits,
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
         seed=args.seed, out=out, overwrite=args.overwrite, config=config, progress=not args.no_progress,
     )
     return vae, result
 
 
+def _binarize(dataset: str, likelihood: str | None) -> bool:
+    """Grey-level likelihoods on MNIST-like data get the grey levels (no binarization)."""
+    return likelihood in (None, "bernoulli") or dataset not in ("mnist", "fashion-mnist")
+
+
 def _load_data(args, device, name: str, seed: int = 0):
-    dataset = load_dataset(name, args.data_dir, device=device, download=args.download, seed=seed)
+    likelihood = getattr(args, "likelihood", None)
+    dataset = load_dataset(name, args.data_dir, device=device, download=args.download, seed=seed,
+                           binarize=_binarize(name, likelihood))
+    if likelihood is not None:
+        dataset.likelihood = likelihood
     return dataset.subset(getattr(args, "num_train", None), args.num_test)
 
 
@@ -132,15 +177,22 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=N
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {config_path} is missing")
     config = json.loads(config_path.read_text())
-    dataset = load_dataset(config["dataset"], data_dir, device=device, download=download)
+    likelihood = config["model_config"].get("likelihood")
+    dataset = load_dataset(config["dataset"], data_dir, device=device, download=download,
+                           binarize=_binarize(config["dataset"], likelihood))
     vae = build_model(config["model"], config["data_dim"], **config["model_config"]).to(device)
-    load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2])
+    load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2], *_labels(vae, dataset, 2))
     return vae, dataset, config
 
 
-def _evaluate(vae, x, num_samples, batch_size, seed, progress, chunk=None):
+def _labels(vae, dataset, num: int | None = None) -> tuple:
+    """``(test_labels[:num],)`` for a pair that takes labels, else ``()``."""
+    return (dataset.test_labels[:num],) if vae.needs_labels else ()
+
+
+def _evaluate(vae, x, num_samples, batch_size, seed, progress, *args, chunk=None):
     ks = tuple(k for k in (1, 5, 50) if k < num_samples)
-    return estimate_log_likelihood(vae.model, vae.guide, x, num_samples, batch_size, bound_ks=ks,
+    return estimate_log_likelihood(vae.model, vae.guide, x, num_samples, batch_size, *args, bound_ks=ks,
                                    particle_chunk_size=chunk, seed=seed, progress=progress)
 
 
@@ -155,11 +207,12 @@ def _save_estimate(estimate, images, image_shape, report: Path) -> Path:
 def cmd_train(args) -> int:
     device = _device(args.device)
     dataset = _load_data(args, device, args.dataset)
-    out = args.out or f"runs/{args.dataset}-{args.elbo}-z{args.latent_dim}-seed{args.seed}"
+    out = args.out or f"runs/{args.dataset}-{args.model}-{args.elbo}-seed{args.seed}"
     vae, result = _run_training(args, dataset, device, args.elbo, out)
     print(f"run folder: {result.out}")
     if args.evaluate_samples:
-        estimate = _evaluate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress)
+        estimate = _evaluate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress,
+                             *_labels(vae, dataset))
         _save_estimate(estimate, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
         print(estimate.format())
     return 0
@@ -172,11 +225,40 @@ def cmd_evaluate(args) -> int:
     print(f"evaluating {args.run_dir} ({config['dataset']}, {config['model']}, trained with "
           f"{config['elbo']}) on {len(x)} test points, K = {args.num_samples}, device {device}")
     estimate = _evaluate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress,
-                         args.particle_chunk_size)
+                         *_labels(vae, dataset, len(x)), chunk=args.particle_chunk_size)
     output = args.output or args.run_dir / "evaluation.json"
     picture = _save_estimate(estimate, x, dataset.image_shape, output)
     print(estimate.format())
     print(f"report: {output}\npicture: {picture}")
+    return 0
+
+
+def cmd_latent(args) -> int:
+    device = _device(args.device)
+    vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
+    if dataset.image_shape is None:
+        raise ValueError(f"{config['dataset']} is not an image data set")
+    x = dataset.test if args.num_test is None else dataset.test[: args.num_test]
+    labels = _labels(vae, dataset, len(x))
+    out = args.output or args.run_dir / "latent"
+    paths = latent_pictures(vae.model, vae.guide, x, dataset.image_shape, out, labels=labels[0] if labels else None,
+                            num_samples=args.num_samples, seed=args.seed)
+    if vae.latent_dim == 2 and not vae.needs_labels and config["model"] != "hierarchical":
+        images = latent_manifold(vae.model, vae.guide, x[:1], n=20)
+        paths["manifold"] = save_image_grid(images, dataset.image_shape, out / "manifold.png", ncols=20,
+                                            title="learned 2-D manifold: E[x|z] on a grid of Normal quantiles")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    for name, cls in MODELS.items():
+        options = ", ".join(f"{k}={v!r}" for k, v in model_options(name).items())
+        print(f"{name:<13} {cls.description}\n{'':<13} options: {options}"
+              + (f"\n{'':<13} takes class labels y (model(x, y), guide(x, y))" if cls.needs_labels else ""))
+    print("\nEvery model: --beta (beta-VAE), --kl-warmup STEPS (KL warm-up), --free-bits NATS (with --elbo "
+          "meanfield), --likelihood NAME.")
     return 0
 
 
@@ -189,7 +271,7 @@ def cmd_demo(args) -> int:
         print(f"== training with --elbo {elbo} ({'Trace_ELBO' if elbo == 'trace' else 'TraceMeanField_ELBO'})")
         vae, result = _run_training(args, dataset, device, elbo, out / elbo)
         estimate = _evaluate(vae, dataset.test[: args.num_eval], args.num_samples, 100, args.seed,
-                             not args.no_progress)
+                             not args.no_progress, *_labels(vae, dataset, args.num_eval))
         _save_estimate(estimate, dataset.test, dataset.image_shape, out / elbo / "evaluation.json")
         results[elbo] = result
         rows.append((elbo, result.final, estimate))
@@ -199,7 +281,7 @@ def cmd_demo(args) -> int:
               f"{f'log p(x), K={k} ± SE':>22} {'k-hat>0.7':>9}")
     lines = [
         f"\n{dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test points, latent "
-        f"{args.latent_dim}, batch {args.batch_size}, {args.optimizer} lr {args.lr}, device {device}",
+        f"{vae.latent_dim}, batch {args.batch_size}, {args.optimizer} lr {args.lr}, device {device}",
         f"nats per datapoint, higher is better; log p(x) on the first {min(args.num_eval, len(dataset.test))} "
         "test points",
         header, "-" * len(header),
@@ -222,7 +304,9 @@ def cmd_demo(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command](args)
+        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "latent": cmd_latent, "models": cmd_models,
+                    "demo": cmd_demo}
+        return commands[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, DataNotFoundError, CheckpointError) as e:
         print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LogWeights", "guess_max_plate_nesting", "log_importance_weights"]
+__all__ = ["LogWeights", "guess_max_plate_nesting", "log_importance_weights", "sample_sites"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
@@ -61,7 +61,9 @@ def _vectorize(fn, num_particles: int, max_plate_nesting: int):
     return vectorized
 
 
-def _sample_sites(trace, observed: bool | None = None):
+def sample_sites(trace, observed: bool | None = None):
+    """``(name, site)`` of the trace's sample sites, without plates' subsample sites and
+    deterministic sites; ``observed`` filters on ``is_observed`` when given."""
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
@@ -80,7 +82,7 @@ def guess_max_plate_nesting(model, guide, *args, **kwargs) -> int:
     dims = [
         -frame.dim
         for trace in (guide_trace, model_trace)
-        for _, site in _sample_sites(trace)
+        for _, site in sample_sites(trace)
         for frame in site["cond_indep_stack"]
         if frame.vectorized
     ]
@@ -88,9 +90,9 @@ def guess_max_plate_nesting(model, guide, *args, **kwargs) -> int:
 
 
 def _check_sites_match(model_trace, guide_trace) -> None:
-    guide_latents = {name for name, _ in _sample_sites(guide_trace, observed=False)}
-    model_latents = {name for name, _ in _sample_sites(model_trace, observed=False)}
-    model_all = {name for name, _ in _sample_sites(model_trace)}
+    guide_latents = {name for name, _ in sample_sites(guide_trace, observed=False)}
+    model_latents = {name for name, _ in sample_sites(model_trace, observed=False)}
+    model_all = {name for name, _ in sample_sites(model_trace)}
     if guide_latents - model_all:
         raise ValueError(
             f"guide samples site(s) {sorted(guide_latents - model_all)} that the model does not have"
@@ -169,7 +171,7 @@ def log_importance_weights(
     subsampled = False
     shape = None
     for sign, trace, observed in ((1.0, model_trace, None), (-1.0, guide_trace, False)):
-        for name, site in _sample_sites(trace, observed=observed):
+        for name, site in sample_sites(trace, observed=observed):
             frame = _data_frame(name, site, data_plate)
             subsampled = subsampled or (frame.full_size is not None and frame.full_size != frame.size)
             if shape is None:

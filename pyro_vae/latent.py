@@ -16,7 +16,7 @@ from pyro import poutine
 
 from .evaluation import estimate_log_likelihood
 from .generate import _observed_mean
-from .importance import _sample_sites
+from .importance import sample_sites
 from .plots import save_image_grid
 
 __all__ = ["anomaly_scores", "decode", "encode", "interpolate", "latent_manifold", "latent_pictures",
@@ -26,7 +26,7 @@ __all__ = ["anomaly_scores", "decode", "encode", "interpolate", "latent_manifold
 def _guide_site(guide, x, args, kwargs, site: str | None):
     with poutine.block():
         trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-    sites = dict(_sample_sites(trace))
+    sites = dict(sample_sites(trace))
     if not sites:
         raise ValueError("the guide has no latent sample site")
     name = site or next(iter(sites))

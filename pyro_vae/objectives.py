@@ -32,8 +32,9 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item
 from pyro.poutine.messenger import Messenger
+from torch.distributions import kl_divergence
 
-from .importance import guess_max_plate_nesting, log_importance_weights
+from .importance import sample_sites, guess_max_plate_nesting, log_importance_weights
 
 __all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "get_elbo", "scale_latents"]
 
@@ -128,7 +129,7 @@ def _kl_terms(guide_site, model_site) -> torch.Tensor:
     if isinstance(q, dist.Independent) and isinstance(p, dist.Independent) and \
             q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims == 1:
         try:
-            return dist.kl_divergence(q.base_dist, p.base_dist)
+            return kl_divergence(q.base_dist, p.base_dist)
         except NotImplementedError:
             pass
     value = guide_site["value"]
@@ -160,14 +161,15 @@ class FreeBitsELBO(ELBO):
             raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
         self.free_bits = float(free_bits)
 
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("FreeBitsELBO computes its loss in differentiable_loss")
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         loss = 0.0
         for _ in range(self.num_particles):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-            for name, site in model_trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
+            for name, site in sample_sites(model_trace):
                 if site["is_observed"]:
                     loss = loss - (site["scale"] * site["fn"].log_prob(site["value"])).sum()
                     continue

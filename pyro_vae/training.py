@@ -124,9 +124,9 @@ def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> None:
     """Run :func:`check_model_guide` on training data without touching the RNG streams."""
     if labels and data.train_labels is None:
         raise ValueError(f"labels=True but the data set {data.name!r} has no labels")
-    args = (data.train_labels,) if labels else ()
     with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
         x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
+        args = (data.train_labels[: len(x)],) if labels else ()
         check_model_guide(model, guide, x, *args, elbo=elbo)
 
 

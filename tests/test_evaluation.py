@@ -138,7 +138,7 @@ def test_refuses_subsampled_plate_and_mismatched_sites(lg):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("w", dist.Normal(torch.zeros(x.shape[0], 2, dtype=x.dtype), 1.0).to_event(1))
 
-    with pytest.raises(ValueError, match=r"guide samples site\(s\) \['w'\]"):
+    with pytest.raises(ValueError, match=r"latent site 'z' of the model has no site in the guide"):
         estimate_log_likelihood(lg.model, guide_without_z, x, 10)
 
     def model_with_global(x):
@@ -149,7 +149,7 @@ def test_refuses_subsampled_plate_and_mismatched_sites(lg):
     def guide_global(x):
         pyro.sample("s", dist.LogNormal(torch.tensor(0.0, dtype=x.dtype), 0.1))
 
-    with pytest.raises(ValueError, match="site 's' is outside the plate 'data'"):
+    with pytest.raises(ValueError, match=r"guide site 's' is not inside pyro.plate\('data'"):
         estimate_log_likelihood(model_with_global, guide_global, x, 10)
 
 

@@ -25,7 +25,7 @@ def test_sites_and_shapes():
         frames = trace.nodes[site]["cond_indep_stack"]
         assert [(f.name, f.size) for f in frames] == [("data", 7)]
     names = set(pyro.get_param_store().keys())
-    assert "encoder$$$hidden.weight" in names and "decoder$$$out.bias" in names
+    assert "encoder$$$hidden.0.weight" in names and "decoder$$$out.bias" in names
 
 
 def test_gaussian_decoder_for_frey_face():
