@@ -25,6 +25,7 @@ def test_train_then_evaluate_writes_every_promised_file(data_root, tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     config = json.loads((run / "config.json").read_text())
     assert config["model_config"] == {"latent_dim": 5, "hidden_dim": 50, "likelihood": "bernoulli"}
+    assert config["model"] == "mlp" and config["labels"] is False
 
     proc = run_cli("evaluate", str(run), "--num-samples", "100", "--num-test", "50", "--no-progress",
                    "--data-dir", str(data_root), "--output", str(tmp_path / "ev.json"))
@@ -71,6 +72,32 @@ def test_version():
     assert run_cli("--version").stdout.startswith("pyro-vae ")
 
 
-@pytest.mark.parametrize("sub", ["train", "evaluate", "demo"])
+def test_models_lists_every_pair():
+    from pyro_vae.models import MODELS
+
+    out = run_cli("models").stdout
+    for name, cls in MODELS.items():
+        assert f"{name} " in out and cls.description in out
+    assert "stochastic_layers=2" in out and "takes class labels y" in out
+
+
+def test_zoo_model_from_the_cli_then_latent_pictures(data_root, tmp_path):
+    run = tmp_path / "cvae"
+    run_cli("train", "--model", "conditional", "--num-train", "500", "--num-test", "60", "--epochs", "1",
+            "--latent-dim", "2", "--hidden-dim", "50", "--beta", "2", "--out", str(run), "--no-progress",
+            "--device", "cpu", "--data-dir", str(data_root))
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "conditional" and config["model_config"]["beta"] == 2.0 and config["labels"]
+    proc = run_cli("latent", str(run), "--num-test", "40", "--num-samples", "10", "--data-dir", str(data_root))
+    for name in ("interpolation", "traversal", "anomalies"):
+        assert (run / "latent" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+        assert f"{name}: " in proc.stdout
+    proc = run_cli("train", "--model", "mlp", "--num-flows", "2", "--out", str(tmp_path / "x"),
+                   "--data-dir", str(data_root), check=False)
+    assert proc.returncode == 2 and "model 'mlp' does not take num_flows" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("sub", ["train", "evaluate", "demo", "latent"])
 def test_help(sub):
     assert "usage" in run_cli(sub, "--help").stdout

@@ -1,0 +1,111 @@
+"""The model zoo on one data set: every shipped pair trained and evaluated by the same code.
+
+For each pair of ``pyro-vae models`` (default options), the same data, seed, optimizer and
+objective: SVI with Trace_ELBO, Adam, batch 100; then the test ELBO (one sample per datapoint)
+and log p̂(x) with K importance samples on the first test points. Numbers in nats per datapoint.
+Writes JSON (``--out``) and a markdown table beside it (same name, ``.md``).
+
+    python experiments/zoo.py --epochs 3 --out results/zoo.json          # a CPU run (~15 min)
+    python experiments/zoo.py --quick --out /tmp/zoo.json                 # seconds, for the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import pyro_vae
+from pyro_vae.data import load_dataset
+from pyro_vae.models import MODELS, build_model, model_options
+
+
+def run_one(name: str, data, args) -> dict:
+    options = {"image_shape": data.image_shape} if "image_shape" in model_options(name) else {}
+    if args.quick:
+        options.update({k: v for k, v in (("hidden_dim", 50), ("latent_dim", 5)) if k in model_options(name)})
+    vae = build_model(name, data.data_dim, **options).to(data.device)
+    labels = (data.test_labels,) if vae.needs_labels else ()
+    result = pyro_vae.train(vae.model, vae.guide, data, elbo="trace", labels=vae.needs_labels, epochs=args.epochs,
+                            batch_size=100, lr=1e-3, seed=args.seed, progress=not args.quick)
+    n = min(args.num_eval, len(data.test))
+    estimate = pyro_vae.estimate_log_likelihood(vae.model, vae.guide, data.test[:n], args.num_samples, 100,
+                                                *(a[:n] for a in labels), seed=args.seed)
+    return {
+        "model": name,
+        "description": MODELS[name].description,
+        "options": {k: v for k, v in options.items() if k != "image_shape"},
+        "parameters": sum(p.numel() for p in vae.parameters()),
+        "epochs": args.epochs,
+        "train_seconds": result.train_seconds,
+        "test_elbo": result.final["test_elbo"],
+        "test_elbo_se": result.final["test_elbo_se"],
+        "log_likelihood": estimate.mean,
+        "log_likelihood_se": estimate.stderr,
+        "num_samples": args.num_samples,
+        "num_eval": n,
+        "khat_above_0.7": estimate.pareto_k_counts().get("k>0.7"),
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Model zoo on {report['dataset']} ({report['device']}, {report['machine']})",
+        "",
+        f"Trace_ELBO, Adam 1e-3, batch 100, {report['epochs']} epoch(s), seed {report['seed']}; "
+        f"{report['num_train']} training points. Test ELBO on {report['num_test']} test points; log p̂(x) with "
+        f"K = {report['num_samples']} on the first {report['rows'][0]['num_eval']} test points. Nats per datapoint.",
+        "",
+        "| model | parameters | train s | test ELBO ± SE | log p̂(x) ± SE | k̂ > 0.7 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['train_seconds']:.0f} | "
+                     f"{r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f} | {r['log_likelihood']:.2f} ± "
+                     f"{r['log_likelihood_se']:.2f} | {'n/a (K < 100)' if r['khat_above_0.7'] is None else r['khat_above_0.7']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "binarized-mnist"])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--num-samples", type=int, default=1000, help="K for log p̂(x)")
+    p.add_argument("--num-eval", type=int, default=1000, help="test points for log p̂(x)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", type=Path, default=Path("results/zoo.json"))
+    p.add_argument("--quick", action="store_true", help="1000 training points, 1 epoch, small nets, K=20")
+    args = p.parse_args(argv)
+    data = load_dataset(args.dataset, args.data_dir, device=args.device)
+    if args.quick:
+        data = data.subset(num_train=1000, num_test=100)
+        args.epochs, args.num_samples, args.num_eval = 1, 20, 50
+    rows = []
+    for name in args.models:
+        start = time.perf_counter()
+        rows.append(run_one(name, data, args))
+        r = rows[-1]
+        print(f"{name}: test ELBO {r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f}, log p̂(x) {r['log_likelihood']:.2f}"
+              f" ± {r['log_likelihood_se']:.2f} nats ({time.perf_counter() - start:.0f} s)", flush=True)
+    report = {
+        "dataset": args.dataset, "device": args.device, "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
+        "torch": torch.__version__, "epochs": args.epochs, "seed": args.seed, "num_train": len(data.train),
+        "num_test": len(data.test), "num_samples": args.num_samples, "quick": args.quick, "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
