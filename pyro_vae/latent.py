@@ -19,7 +19,7 @@ from .generate import _observed_mean
 from .importance import sample_sites
 from .plots import save_image_grid
 
-__all__ = ["anomaly_scores", "decode", "encode", "interpolate", "latent_manifold", "latent_pictures",
+__all__ = ["active_units", "anomaly_scores", "decode", "encode", "interpolate", "latent_manifold", "latent_pictures",
            "traverse"]
 
 
@@ -141,6 +141,32 @@ def latent_manifold(model, guide, x_like: torch.Tensor, *args, n: int = 20, site
         raise ValueError(f"latent_manifold needs a 2-D latent site; {name!r} has {probe.shape[-1]} dimensions")
     row_args, row_kwargs = _expand_args(args, kwargs, n * n)
     return _decode(model, z, x_like.new_zeros(n * n, x_like.shape[-1]), row_args, row_kwargs, name)
+
+
+@torch.no_grad()
+def active_units(guide, data: torch.Tensor, *args, threshold: float = 0.01, batch_size: int = 1000,
+                 **kwargs) -> dict[str, int]:
+    """Number of active latent units per guide site (Burda et al. 2015, section 5.2).
+
+    Unit ``j`` of a site is active when ``Var_x(E_q[z_j | x]) > threshold`` over the datapoints
+    ``data`` (``(N, D)``; 0.01 in the paper). Returns ``{site: count}`` in guide order. For a
+    hierarchical guide the mean of an upper site is taken given one draw of the sites below it.
+    """
+    with poutine.block():
+        first = poutine.trace(guide).get_trace(data[:2], *(a[:2] if isinstance(a, torch.Tensor) else a for a in args),
+                                               **kwargs)
+    names = [name for name, _ in sample_sites(first)]
+    means: dict[str, list] = {name: [] for name in names}
+    for lo in range(0, data.shape[0], batch_size):
+        batch_args = tuple(a[lo:lo + batch_size] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+        with poutine.block():
+            trace = poutine.trace(guide).get_trace(data[lo:lo + batch_size], *batch_args, **kwargs)
+        for name, site in sample_sites(trace):
+            try:
+                means[name].append(site["fn"].mean)
+            except NotImplementedError:
+                means[name].append(site["fn"].sample((256,)).mean(0))
+    return {name: int((torch.cat(m).var(0) > threshold).sum()) for name, m in means.items()}
 
 
 def anomaly_scores(model, guide, data: torch.Tensor, *args, method: str = "log_likelihood",

@@ -156,7 +156,7 @@ def train(
     labels: bool = False,
     kl_warmup_steps: int = 0,
     free_bits: float = 0.0,
-    optimizer: str = "adam",
+    optimizer: str | pyro.optim.PyroOptim = "adam",
     lr: float = 1e-3,
     batch_size: int = 100,
     epochs: int = 1,
@@ -185,7 +185,9 @@ def train(
             ``min(1, step / N)`` for step ``1, 2, ...`` (KL warm-up); not with ``iwae``.
         free_bits: nats per latent dimension for :class:`~pyro_vae.objectives.FreeBitsELBO`
             (``meanfield`` only); 0 is off.
-        optimizer, lr: ``adam`` or ``adagrad`` and its learning rate.
+        optimizer, lr: ``adam`` or ``adagrad`` and its learning rate; or a ``PyroOptim``
+            instance (``lr`` is then ignored), which keeps its state across calls, e.g. for a
+            learning-rate schedule run as several ``train(..., clear_params=False, seed=None)``.
         batch_size: datapoints per SVI step; each epoch visits every training point once.
         epochs: passes over the training set.
         seed: seeds Pyro, torch, numpy and random (``None``: leave the RNGs as they are).
@@ -224,7 +226,10 @@ def train(
         raise ValueError("KL warm-up scales the latent sites only, which has no importance-weighted "
                          "analogue: use elbo 'trace' or 'meanfield' with kl_warmup_steps")
     objective = get_elbo(elbo, num_particles, free_bits)
-    optim = make_optimizer(optimizer, lr)
+    if isinstance(optimizer, pyro.optim.PyroOptim):
+        optim, optimizer = optimizer, type(optimizer).__name__
+    else:
+        optim = make_optimizer(optimizer, lr)
     device = data.device
     if clear_params:
         pyro.clear_param_store()
