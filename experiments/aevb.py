@@ -60,6 +60,7 @@ def run(data, latent_dim: int, samples: float, args) -> tuple:
 def plot_figure2(rows, dataset: str, path: Path) -> None:
     dims = sorted({r["latent_dim"] for r in rows if r["dataset"] == dataset and r["latent_dim"] != 2})
     fig, axes = plt.subplots(1, len(dims), figsize=(3.0 * len(dims), 3.0), sharey=True, squeeze=False)
+    tail = []
     for ax, dim in zip(axes[0], dims):
         mine = [r for r in rows if r["dataset"] == dataset and r["latent_dim"] == dim]
         seen = [r["samples_seen"] for r in mine]
@@ -69,9 +70,10 @@ def plot_figure2(rows, dataset: str, path: Path) -> None:
         ax.set_title(f"{dataset}, $N_z$ = {dim}", fontsize=9)
         ax.set_xlabel("# training samples evaluated", fontsize=8)
         ax.grid(alpha=0.3, which="both")
-        tail = [r["test_elbo"] for r in mine[len(mine) // 5:]] + [r["train_elbo"] for r in mine[len(mine) // 5:]]
-        if tail:
-            ax.set_ylim(min(tail) - 0.1 * abs(min(tail)), max(tail) + 0.05 * abs(max(tail)))
+        tail += [r[key] for r in mine[len(mine) // 5:] for key in ("train_elbo", "test_elbo")]
+    if tail:  # one y-range for all panels (shared axis): the last 80% of every curve
+        low, high = min(tail), max(tail)
+        axes[0][0].set_ylim(low - 0.1 * (high - low), high + 0.05 * (high - low))
     axes[0][0].set_ylabel("lower bound (nats per datapoint)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
