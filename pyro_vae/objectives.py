@@ -41,7 +41,23 @@ __all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "get_elbo", "scale_latents
 ELBO_NAMES = ("trace", "meanfield", "iwae")
 
 
-class IWAE_ELBO(ELBO):
+class _LossFromDifferentiableLoss(ELBO):
+    """Pyro's ``loss``/``loss_and_grads`` for ELBOs that define only ``differentiable_loss``."""
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError(f"{type(self).__name__} computes its loss in differentiable_loss")
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return torch_item(loss)
+
+
+class IWAE_ELBO(_LossFromDifferentiableLoss):
     r"""The importance-weighted bound of Burda et al. (2015), per datapoint.
 
     .. math::
@@ -77,23 +93,11 @@ class IWAE_ELBO(ELBO):
             )
         return w
 
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("IWAE_ELBO draws its particles vectorized, not trace by trace")
-
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """``-sum_n scale * [logsumexp_k log w_kn - log K]``, differentiable."""
         w = self._log_weights(model, guide, args, kwargs)
         bound = torch.logsumexp(w.log_weights, dim=0) - math.log(self.num_particles)
         return -(w.scale * bound).sum()
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return torch_item(loss)
 
 
 class _LatentScale(Messenger):
@@ -136,7 +140,7 @@ def _kl_terms(guide_site, model_site) -> torch.Tensor:
     return (q.log_prob(value) - p.log_prob(value)).unsqueeze(-1)
 
 
-class FreeBitsELBO(ELBO):
+class FreeBitsELBO(_LossFromDifferentiableLoss):
     r"""The ELBO with free bits (Kingma et al. 2016, eq. 15), per latent dimension.
 
     .. math::
@@ -161,9 +165,6 @@ class FreeBitsELBO(ELBO):
             raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
         self.free_bits = float(free_bits)
 
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("FreeBitsELBO computes its loss in differentiable_loss")
-
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         loss = 0.0
         for _ in range(self.num_particles):
@@ -180,15 +181,6 @@ class FreeBitsELBO(ELBO):
                 scale = guide_trace.nodes[name]["scale"]
                 loss = loss + kl.shape[0] * (scale * kl.mean(0)).clamp(min=threshold).sum()
         return loss / self.num_particles
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return torch_item(loss)
 
 
 def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
