@@ -8,6 +8,8 @@ one clear message instead of a traceback from deep inside Pyro.
 
 from __future__ import annotations
 
+import re
+
 import pyro
 import torch
 from pyro import poutine
@@ -48,7 +50,7 @@ def _run(fn, role: str, *args, **kwargs):
     except ModelGuideError:
         raise
     except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as e:
-        message = str(e).split("\nTrace Shapes:")[0]  # Pyro appends a shape table to errors
+        message = re.split(r"\n\s*Trace Shapes:", str(e))[0].strip()  # Pyro appends a shape table to errors
         raise ModelGuideError(f"the {role} raised {type(e).__name__} on a batch of "
                               f"{args[0].shape[0]} datapoints: {message}") from e
 
@@ -83,6 +85,12 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
     num_points = data.shape[0]
     if num_points == 0:
         raise ModelGuideError("data is empty")
+    check_input = getattr(getattr(model, "__self__", None), "check_input", None)
+    if callable(check_input):  # a shipped pair (PairModule) says what input it takes
+        try:
+            check_input(data)
+        except ValueError as e:
+            raise ModelGuideError(str(e)) from e
     batch = min(max(batch_size, 2), num_points)
     x = data[:batch]
     args = tuple(_slice(a, batch, num_points) for a in args)
@@ -133,6 +141,10 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
     for name, site in observed.items():
         # the support does not depend on parameters: check every datapoint, not only the batch
         values = data if tuple(site["value"].shape[-data.dim() + 1:]) == tuple(data.shape[1:]) else site["value"]
+        nonfinite = ~torch.isfinite(values).reshape(values.shape[0], -1).all(-1) if values.is_floating_point() else None
+        if nonfinite is not None and bool(nonfinite.any()):
+            raise ModelGuideError(f"observed site {name!r}: {int(nonfinite.sum())} of {values.shape[0]} datapoints "
+                                  "hold NaN or inf values; remove or repair them")
         inside = site["fn"].support.check(values)
         if not bool(inside.all()):
             bad = int((~inside).sum())

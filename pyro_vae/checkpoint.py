@@ -1,35 +1,83 @@
 """Checkpoints of Pyro's param store, written atomically and loaded without running code.
 
-A checkpoint is a ``torch.save`` of plain tensors and numbers only::
+A checkpoint is a ``torch.save`` of plain tensors, numbers, strings, lists and dicts only::
 
-    {"format": "pyro-vae-checkpoint/1",
+    {"format": "pyro-vae-checkpoint/2",
      "params": {param name: unconstrained tensor},      # Pyro's param store
      "optimizer": {param name: optimizer state_dict},   # PyroOptim.get_state()
-     "step": int, "epoch": int}
+     "step": int, "epoch": int,                         # steps taken, epochs completed
+     ... whatever else the caller adds (the trainer adds RNG states, the position inside the
+     epoch, the run's settings and its metrics so far: see pyro_vae.training)}
 
-and is loaded with ``torch.load(..., weights_only=True)``, which refuses pickled code.
+It is written to ``NAME.tmp``, flushed to disk, then renamed over ``NAME``, so a crash or a full
+disk never leaves a half-written checkpoint under the real name, and it is loaded with
+``torch.load(..., weights_only=True)``, which refuses pickled code.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
 
-__all__ = ["CheckpointError", "load_checkpoint", "register_params", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "get_rng_state",
+    "load_checkpoint",
+    "read_checkpoint",
+    "register_params",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
-FORMAT = "pyro-vae-checkpoint/1"
+FORMAT = "pyro-vae-checkpoint/2"
+READABLE_FORMATS = ("pyro-vae-checkpoint/1", FORMAT)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is unreadable, corrupt, or does not match the model/guide pair."""
+    """A checkpoint is unreadable, corrupt, unwritable, or does not match the model/guide pair."""
 
 
-def save_checkpoint(path: str | Path, optim=None, step: int = 0, epoch: int = 0) -> Path:
-    """Write the current param store (and optimizer state) to ``path`` atomically."""
+def get_rng_state() -> dict:
+    """Every RNG state a run draws from: torch (CPU), CUDA (all devices, if initialized),
+    Python's ``random`` and numpy's global generator, as tensors and plain values only (so the
+    state can be saved in a checkpoint that loads with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the RNG states saved by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, optim=None, step: int = 0, epoch: int = 0, **extra) -> Path:
+    """Write the current param store (and optimizer state) to ``path`` atomically.
+
+    ``extra`` entries (tensors, numbers, strings, lists, dicts) are saved beside them.
+
+    Raises:
+        CheckpointError: the file cannot be written (full disk, file-size limit, no permission);
+            the temporary file is removed and a previous checkpoint at ``path`` is left intact.
+    """
     path = Path(path)
     store = pyro.get_param_store()
     state = {
@@ -38,11 +86,41 @@ def save_checkpoint(path: str | Path, optim=None, step: int = 0, epoch: int = 0)
         "optimizer": optim.get_state() if optim is not None else {},
         "step": int(step),
         "epoch": int(epoch),
+        **extra,
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was written"
+        raise CheckpointError(f"could not write checkpoint {path}: {e} (disk full or not writable?); {kept}") from e
     return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint file without executing code and without touching the param store.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: a truncated or corrupt file, a pickle that is not plain data (e.g.
+            one that would run a command: refused, not run), or not a pyro-vae checkpoint.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # corrupt zip, truncated file, or refused pickle
+        reason = str(e).split("\n\n")[0].strip()
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {reason}") from e
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {FORMAT!r})")
+    return state
 
 
 def register_params(model, guide, *args, **kwargs) -> None:
@@ -57,7 +135,7 @@ def load_checkpoint(path: str | Path, model, guide, *args, **kwargs) -> dict:
     """Load parameters saved by :func:`save_checkpoint` into the pair's param store entries.
 
     ``args``/``kwargs`` are an example input for the pair (a small batch), used once to register
-    its parameters. Returns the checkpoint dict (``optimizer``, ``step``, ``epoch``).
+    its parameters. Returns the checkpoint dict (``optimizer``, ``step``, ``epoch``, ...).
 
     Raises:
         CheckpointError: unreadable/corrupt file, a file that is not a pyro-vae checkpoint
@@ -65,14 +143,7 @@ def load_checkpoint(path: str | Path, model, guide, *args, **kwargs) -> dict:
             match the pair.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # corrupt zip, truncated file, or refused pickle
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {FORMAT!r})")
+    state = read_checkpoint(path)
     register_params(model, guide, *args, **kwargs)
     current = dict(pyro.get_param_store().named_parameters())
     saved = state["params"]

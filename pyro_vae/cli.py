@@ -5,8 +5,10 @@ Subcommands:
 * ``pyro-vae demo``: the main job. Trains the MNIST VAE briefly with Trace_ELBO and with
   TraceMeanField_ELBO, estimates log p(x) on test images, prints a comparison table and
   writes pictures (a few minutes on a 2-core CPU).
-* ``pyro-vae train``: one SVI run into a run folder (``--out``).
-* ``pyro-vae evaluate RUN_DIR``: importance-sampled log p(x) of a trained run on its test set.
+* ``pyro-vae train``: one SVI run into a run folder (``--out``); ``--resume RUN_DIR`` continues
+  one from its checkpoint. Under ``torchrun`` it trains with DistributedDataParallel.
+* ``pyro-vae evaluate RUN_DIR``: importance-sampled log p(x) of a trained run on its test set
+  (under ``torchrun``, the test set's minibatches are shared out over the processes).
 * ``pyro-vae latent RUN_DIR``: interpolation, traversal, anomaly (and, for a 2-D latent space,
   manifold) pictures of a trained run.
 * ``pyro-vae models``: the shipped model/guide pairs and their options.
@@ -21,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+import pyro
 import torch
 
 from . import __version__
@@ -32,7 +35,8 @@ from .likelihoods import LIKELIHOODS
 from .models import MODELS, build_model, model_options
 from .objectives import ELBO_NAMES
 from .plots import plot_elbo_curves, plot_log_likelihood_diagnostics, save_image_grid
-from .training import OPTIMIZERS, train
+from .distributed import init_from_env, is_main, world_size
+from .training import OPTIMIZERS, NonFiniteLossError, TrainingInterrupted, train
 
 __all__ = ["build_parser", "load_run", "main"]
 
@@ -75,12 +79,16 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {epochs}; "
+                   "with --resume: the total to reach)")
     p.add_argument("--latent-dim", type=int, default=None, help="default: the model's (20; 50 for hierarchical)")
     p.add_argument("--hidden-dim", type=int, default=None,
                    help="default: the model's (500; 200 for hierarchical), 200 on Frey Face")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=None, help="train on the first N training points only")
+    p.add_argument("--valid-size", type=int, default=0, metavar="N",
+                   help="hold out the last N training points as a validation set: valid_elbo each epoch and "
+                        "best.pt, the checkpoint with the best one (binarized-mnist has its own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_args(p)
 
@@ -92,12 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a VAE with SVI into a run folder")
     _add_train_args(p, epochs=10)
+    p.set_defaults(default_epochs=10)
     p.add_argument("--elbo", default="trace", choices=ELBO_NAMES,
                    help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO; iwae: importance weighted")
     p.add_argument("--out", default=None, help="run folder (default: runs/DATASET-ELBO-zLATENT-seedSEED)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--evaluate-samples", type=int, default=0, metavar="K",
                    help="after training, estimate log p(x) on the test set with K importance samples")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint (to --epochs in total when given); "
+                        "its settings come from RUN_DIR/config.json")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (default: at the end of each epoch only)")
+    p.add_argument("--nonfinite-backoff", type=float, default=None, metavar="FACTOR",
+                   help="on a non-finite loss or gradient, skip the step and multiply the learning rate by "
+                        "FACTOR (default: stop the run there)")
 
     p = sub.add_parser("evaluate", help="importance-sampled log p(x) of a trained run on its test set")
     p.add_argument("run_dir", type=Path)
@@ -120,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="main job: Trace_ELBO vs TraceMeanField_ELBO on MNIST, a table and pictures")
     _add_train_args(p, epochs=3)
+    p.set_defaults(default_epochs=3)
     p.add_argument("--num-samples", type=int, default=1000, help="K for the log p(x) estimate")
     p.add_argument("--num-eval", type=int, default=1000, help="test points for the log p(x) estimate")
     p.add_argument("--out", default="runs/demo", help="folder for the two runs and the comparison")
@@ -142,18 +160,54 @@ def _model_config(args, dataset) -> dict:
     return config
 
 
+CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress")
+"""Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
+
+
 def _run_training(args, dataset, device, elbo: str, out) -> tuple:
     model_config = _model_config(args, dataset)
+    pyro.set_rng_seed(args.seed)  # the initial weights depend on the seed alone
     vae = build_model(args.model, dataset.data_dim, **model_config).to(device)
+    cli = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+           if k not in ("command", "resume", "default_epochs", "overwrite")}
     config = {"model": args.model, "model_config": model_config, "data_dim": dataset.data_dim,
-              "image_shape": dataset.image_shape}
+              "image_shape": dataset.image_shape, "cli": cli}
     result = train(
         vae.model, vae.guide, dataset, elbo=elbo, num_particles=args.num_particles, labels=vae.needs_labels,
         kl_warmup_steps=args.kl_warmup, free_bits=args.free_bits,
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
         seed=args.seed, out=out, overwrite=args.overwrite, config=config, progress=not args.no_progress,
+        resume=getattr(args, "resume", None) is not None, checkpoint_every=getattr(args, "checkpoint_every", 0),
+        nonfinite_backoff=getattr(args, "nonfinite_backoff", None),
     )
     return vae, result
+
+
+def _resume_args(args) -> argparse.Namespace:
+    """The settings of the run in ``args.resume`` (its config.json), with the flags that may change."""
+    run = args.resume
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {config_path} is missing (is {run} a run folder?)")
+    config = json.loads(config_path.read_text())
+    if "cli" not in config:
+        raise ValueError(f"cannot resume {run}: its config.json was not written by `pyro-vae train`; "
+                         "resume it from Python with train(..., out=RUN_DIR, resume=True)")
+    defaults = vars(build_parser().parse_args(["train"]))
+    given = [k for k, v in vars(args).items()
+             if k in defaults and k not in CLI_RESUME_FLAGS + ("resume", "command") and v != defaults[k]]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume takes the run's settings from {config_path}; drop {flags} "
+                         f"(only {', '.join('--' + k.replace('_', '-') for k in CLI_RESUME_FLAGS)} go with --resume)")
+    resumed = argparse.Namespace(**{**defaults, **config["cli"]})
+    resumed.epochs = args.epochs if args.epochs is not None else config["epochs"]
+    for key in ("device", "data_dir"):
+        if getattr(args, key) is not None:
+            setattr(resumed, key, getattr(args, key))
+    resumed.download, resumed.no_progress = args.download, args.no_progress
+    resumed.resume, resumed.out, resumed.overwrite, resumed.command = run, str(run), False, "train"
+    return resumed
 
 
 def _binarize(dataset: str, likelihood: str | None) -> bool:
@@ -164,7 +218,7 @@ def _binarize(dataset: str, likelihood: str | None) -> bool:
 def _load_data(args, device, name: str, seed: int = 0):
     likelihood = getattr(args, "likelihood", None)
     dataset = load_dataset(name, args.data_dir, device=device, download=args.download, seed=seed,
-                           binarize=_binarize(name, likelihood))
+                           binarize=_binarize(name, likelihood), valid_size=getattr(args, "valid_size", 0))
     if likelihood is not None:
         dataset.likelihood = likelihood
     return dataset.subset(getattr(args, "num_train", None), args.num_test)
@@ -181,7 +235,11 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=N
     dataset = load_dataset(config["dataset"], data_dir, device=device, download=download,
                            binarize=_binarize(config["dataset"], likelihood))
     vae = build_model(config["model"], config["data_dim"], **config["model_config"]).to(device)
-    load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2], *_labels(vae, dataset, 2))
+    state = load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2],
+                            *_labels(vae, dataset, 2))
+    if state.get("finished") is False and is_main():
+        print(f"note: {run_dir} is an unfinished run ({state['epoch']} of {config['epochs']} epochs done); "
+              f"finish it with: pyro-vae train --resume {run_dir}", file=sys.stderr)
     return vae, dataset, config
 
 
@@ -191,9 +249,11 @@ def _labels(vae, dataset, num: int | None = None) -> tuple:
 
 
 def _evaluate(vae, x, num_samples, batch_size, seed, progress, *args, chunk=None):
+    """log p(x) estimate; under torchrun the minibatches are shared out over the processes."""
     ks = tuple(k for k in (1, 5, 50) if k < num_samples)
     return estimate_log_likelihood(vae.model, vae.guide, x, num_samples, batch_size, *args, bound_ks=ks,
-                                   particle_chunk_size=chunk, seed=seed, progress=progress)
+                                   particle_chunk_size=chunk, seed=seed, progress=progress and is_main(),
+                                   distributed=True)
 
 
 def _save_estimate(estimate, images, image_shape, report: Path) -> Path:
@@ -205,16 +265,20 @@ def _save_estimate(estimate, images, image_shape, report: Path) -> Path:
 
 
 def cmd_train(args) -> int:
+    if args.resume is not None:
+        args = _resume_args(args)
     device = _device(args.device)
     dataset = _load_data(args, device, args.dataset)
     out = args.out or f"runs/{args.dataset}-{args.model}-{args.elbo}-seed{args.seed}"
     vae, result = _run_training(args, dataset, device, args.elbo, out)
-    print(f"run folder: {result.out}")
+    if is_main():
+        print(f"run folder: {result.out}")
     if args.evaluate_samples:
         estimate = _evaluate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress,
                              *_labels(vae, dataset))
-        _save_estimate(estimate, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
-        print(estimate.format())
+        if is_main():
+            _save_estimate(estimate, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
+            print(estimate.format())
     return 0
 
 
@@ -222,8 +286,13 @@ def cmd_evaluate(args) -> int:
     device = _device(args.device)
     vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
     x = dataset.test if args.num_test is None else dataset.test[: args.num_test]
+    if not is_main():  # under torchrun: evaluate this process's minibatches, rank 0 reports
+        _evaluate(vae, x, args.num_samples, args.batch_size, args.seed, False, *_labels(vae, dataset, len(x)),
+                  chunk=args.particle_chunk_size)
+        return 0
+    processes = f", {world_size()} processes" if world_size() > 1 else ""
     print(f"evaluating {args.run_dir} ({config['dataset']}, {config['model']}, trained with "
-          f"{config['elbo']}) on {len(x)} test points, K = {args.num_samples}, device {device}")
+          f"{config['elbo']}) on {len(x)} test points, K = {args.num_samples}, device {device}{processes}")
     estimate = _evaluate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress,
                          *_labels(vae, dataset, len(x)), chunk=args.particle_chunk_size)
     output = args.output or args.run_dir / "evaluation.json"
@@ -302,14 +371,32 @@ def cmd_demo(args) -> int:
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input or an I/O error, 3 a non-finite
+    loss, 128 + signal number when SIGINT/SIGTERM stopped training after saving a checkpoint)."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "epochs", 0) is None and getattr(args, "resume", None) is None:
+        args.epochs = args.default_epochs
     try:
+        if args.command in ("train", "evaluate"):
+            device = init_from_env(args.device)  # under torchrun: join the process group
+            if device is not None:
+                args.device = str(device)
         commands = {"train": cmd_train, "evaluate": cmd_evaluate, "latent": cmd_latent, "models": cmd_models,
                     "demo": cmd_demo}
         return commands[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError, DataNotFoundError, CheckpointError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, DataNotFoundError, CheckpointError, OSError) as e:
         print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as e:
+        if is_main():
+            print(f"pyro-vae {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signal_number
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .check import check_model_guide
 from .diagnostics import KHAT_THRESHOLDS, StreamingLogWeights, pareto_k_from_tail, psis_tail_length
 from .importance import guess_max_plate_nesting, log_importance_weights
@@ -194,6 +195,7 @@ def estimate_log_likelihood(
     seed: int | None = None,
     data_plate: str = "data",
     progress: bool = False,
+    distributed: bool = False,
     **kwargs,
 ) -> LogLikelihoodResult:
     """Estimate ``log p(x_n)`` for every datapoint by importance sampling with the guide.
@@ -211,9 +213,15 @@ def estimate_log_likelihood(
             datapoint pairs per chunk); a multiple of every ``k`` in ``bound_ks``. The estimate
             does not depend on it beyond Monte Carlo noise.
         diagnostics: compute ESS and PSIS k-hat (``K >= 100`` for k-hat).
-        seed: seed for Pyro's RNGs before sampling (``None``: leave them as they are).
+        seed: seeds Pyro's RNGs: each minibatch of ``batch_size`` datapoints draws from its own
+            seed, derived from this one, so the estimates do not depend on which process
+            evaluates which minibatch (``None``: leave the RNGs as they are).
         data_plate: name of the data plate in the pair.
         progress: show a progress bar over datapoints.
+        distributed: under ``torchrun`` (``torch.distributed`` initialized with several
+            processes), evaluate minibatch ``b`` on rank ``b mod world_size`` and gather the
+            per-datapoint results on every process; with a seed they equal a one-process run's.
+            Ignored in a single process.
 
     Returns:
         :class:`LogLikelihoodResult`, tensors on the CPU, float64, in nats.
@@ -237,8 +245,12 @@ def estimate_log_likelihood(
         raise ValueError("data is empty: nothing to evaluate")
     group_sizes = tuple(sorted({int(k) for k in bound_ks if 0 < k < num_samples}))
     tail_size = psis_tail_length(num_samples) + 1 if diagnostics else 0
+    starts = list(range(0, num_points, batch_size))
+    batch_seeds = None
     if seed is not None:
-        pyro.set_rng_seed(seed)
+        batch_seeds = torch.randint(2**32, (len(starts),), generator=torch.Generator().manual_seed(seed)).tolist()
+    world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
+    mine = list(range(rank, len(starts), world))
 
     start = time.perf_counter()
     check_model_guide(model, guide, data, *args, data_plate=data_plate, **kwargs)
@@ -246,9 +258,13 @@ def estimate_log_likelihood(
     nesting = guess_max_plate_nesting(model, guide, data[:batch_size], *first_args, **first_kwargs)
     results = {"log_likelihood": [], "ess": [], "pareto_k": []}
     bounds = {k: [] for k in group_sizes}
-    bar = tqdm(total=num_points, desc=f"log p(x), K={num_samples}", unit="pt", disable=not progress)
+    bar = tqdm(total=sum(min(batch_size, num_points - starts[b]) for b in mine), desc=f"log p(x), K={num_samples}",
+               unit="pt", disable=not progress)
     with torch.no_grad():
-        for lo in range(0, num_points, batch_size):
+        for b in mine:
+            lo = starts[b]
+            if batch_seeds is not None:
+                pyro.set_rng_seed(batch_seeds[b])
             index = slice(lo, min(lo + batch_size, num_points))
             x = data[index]
             batch_args, batch_kwargs = _slice_args(args, kwargs, num_points, index)
@@ -266,31 +282,40 @@ def estimate_log_likelihood(
                         f"pyro.plate({data_plate!r}, len(x)) and pass the datapoints as data"
                     )
                 acc.update(w.log_weights)
-            results["log_likelihood"].append(acc.log_mean_exp())
+            results["log_likelihood"].append(acc.log_mean_exp().cpu())
             for k in group_sizes:
-                bounds[k].append(acc.group_bound(k))
+                bounds[k].append(acc.group_bound(k).cpu())
             if diagnostics:  # k-hat is fitted on the CPU (arviz): one transfer of the tail per batch
-                results["ess"].append(acc.ess())
+                results["ess"].append(acc.ess().cpu())
                 results["pareto_k"].append(torch.from_numpy(pareto_k_from_tail(acc.tail, num_samples)))
             bar.update(x.shape[0])
     bar.close()
+    if world > 1:  # every rank's minibatches, back in data order
+        parts = dist.gather_objects((mine, results, bounds))
+        order = sorted((b, r, i) for r, (batches, _, _) in enumerate(parts) for i, b in enumerate(batches))
+        results = {key: [parts[r][1][key][i] for _, r, i in order] if parts[0][1][key] else [] for key in results}
+        bounds = {k: [parts[r][2][k][i] for _, r, i in order] for k in group_sizes}
     return LogLikelihoodResult(
-        log_likelihood=torch.cat(results["log_likelihood"]).cpu(),
+        log_likelihood=torch.cat(results["log_likelihood"]),
         num_samples=num_samples,
-        iwae_bounds={k: torch.cat(v).cpu() for k, v in bounds.items()},
-        ess=torch.cat(results["ess"]).cpu() if diagnostics else None,
+        iwae_bounds={k: torch.cat(v) for k, v in bounds.items()},
+        ess=torch.cat(results["ess"]) if diagnostics else None,
         pareto_k=torch.cat(results["pareto_k"]) if diagnostics else None,
         seconds=time.perf_counter() - start,
     )
 
 
-def evaluate_elbo(model, guide, data: torch.Tensor, batch_size: int = 1000, *args, **kwargs) -> tuple[float, float]:
+def evaluate_elbo(model, guide, data: torch.Tensor, batch_size: int = 1000, *args, distributed: bool = False,
+                  **kwargs) -> tuple[float, float]:
     """Mean and standard error over datapoints of a one-sample ELBO estimate (nats per datapoint).
+
+    ``distributed``: shard the minibatches over the ``torchrun`` processes (see
+    :func:`estimate_log_likelihood`).
 
     The same estimator as ``Trace_ELBO`` with one particle, per datapoint, unscaled: whatever
     objective a pair was trained with, this measures the same bound, so runs are comparable.
     """
     result = estimate_log_likelihood(
-        model, guide, data, 1, batch_size, *args, bound_ks=(), diagnostics=False, **kwargs
+        model, guide, data, 1, batch_size, *args, bound_ks=(), diagnostics=False, distributed=distributed, **kwargs
     )
     return result.mean, result.stderr

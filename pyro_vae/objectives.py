@@ -74,10 +74,10 @@ class IWAE_ELBO(_LossFromDifferentiableLoss):
     and is refused). ``num_particles`` is ``K``; particles are vectorized.
     """
 
-    def __init__(self, num_particles: int = 5, data_plate: str = "data"):
+    def __init__(self, num_particles: int = 5, data_plate: str = "data", max_plate_nesting: int | None = None):
         super().__init__(num_particles=num_particles, vectorize_particles=True)
         self.data_plate = data_plate
-        self._nesting = None
+        self._nesting = max_plate_nesting
 
     def _log_weights(self, model, guide, args, kwargs):
         if self._nesting is None:
@@ -159,8 +159,8 @@ class FreeBitsELBO(_LossFromDifferentiableLoss):
         num_particles: samples averaged per step (drawn one after the other).
     """
 
-    def __init__(self, free_bits: float, num_particles: int = 1):
-        super().__init__(num_particles=num_particles)
+    def __init__(self, free_bits: float, num_particles: int = 1, max_plate_nesting: float = float("inf")):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
         if not free_bits >= 0:
             raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
         self.free_bits = float(free_bits)
@@ -183,8 +183,12 @@ class FreeBitsELBO(_LossFromDifferentiableLoss):
         return loss / self.num_particles
 
 
-def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
+def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None) -> ELBO:
     """The objective called ``name`` (see :data:`ELBO_NAMES`) with ``num_particles`` samples.
+
+    ``max_plate_nesting``: the pair's plate depth (see
+    :func:`~pyro_vae.importance.guess_max_plate_nesting`); ``None`` lets the objective guess it
+    at its first call, which runs model and guide once more and so draws from the RNGs.
 
     Particles are vectorized. For ``trace`` and ``meanfield`` the ``K`` particles are averaged
     (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound.
@@ -193,14 +197,15 @@ def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0) -> ELBO:
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
     if free_bits:
         if name != "meanfield":
             raise ValueError(f"free bits need the per-dimension analytic KL: use elbo 'meanfield', not {name!r}")
-        return FreeBitsELBO(free_bits, num_particles)
+        return FreeBitsELBO(free_bits, num_particles, max_plate_nesting=nesting)
     if name == "trace":
-        return Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
+        return Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "meanfield":
-        return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True)
+        return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "iwae":
-        return IWAE_ELBO(num_particles=num_particles)
+        return IWAE_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
     raise ValueError(f"unknown ELBO {name!r}; choose one of {', '.join(ELBO_NAMES)}")

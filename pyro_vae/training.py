@@ -9,39 +9,83 @@ Reported numbers are per datapoint, in nats, as ELBOs (higher is better):
 
 * ``train_elbo``: the mean over the epoch's minibatches of the training objective's estimate,
   taken while the parameters change (the usual running training bound);
-* ``test_elbo`` (± ``test_elbo_se``): a one-sample ELBO per test point after the epoch, with
-  the same estimator whatever the training objective (:func:`pyro_vae.evaluate_elbo`);
+* ``test_elbo`` (± ``test_elbo_se``) and ``valid_elbo``: a one-sample ELBO per test (validation)
+  point after the epoch, with the same estimator whatever the training objective
+  (:func:`pyro_vae.evaluate_elbo`);
 * ``train_seconds``: wall-clock of the epoch's SVI steps only (evaluation excluded).
+
+Reliability (see :func:`train`): checkpoints every ``checkpoint_every`` steps and at the end of
+every epoch hold the parameters, the optimizer state, every RNG state, the position inside the
+epoch, the settings and the metrics so far, so ``train(..., resume=True)`` continues a run
+exactly (bitwise on the CPU); SIGINT and SIGTERM save a checkpoint and stop with
+:class:`TrainingInterrupted`; a non-finite loss or gradient stops the run at that step (or backs
+off the learning rate) without applying it.
+
+Distributed training (``torchrun``): when ``torch.distributed`` is initialized with several
+processes, :func:`train` wraps the loss in ``DistributedDataParallel``; see :mod:`pyro_vae.distributed`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
 from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .check import check_model_guide
-from .checkpoint import save_checkpoint
+from .checkpoint import CheckpointError, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .data import Dataset
 from .evaluation import evaluate_elbo
+from .importance import guess_max_plate_nesting
 from .generate import reconstruct, sample_prior
 from .objectives import get_elbo, scale_latents
 from .plots import plot_elbo_curves, save_image_grid
 
-__all__ = ["OPTIMIZERS", "RUN_FILES", "TrainResult", "make_optimizer", "train"]
+__all__ = ["OPTIMIZERS", "RUN_FILES", "NonFiniteLossError", "TrainResult", "TrainingInterrupted",
+           "make_optimizer", "train"]
 
 OPTIMIZERS = ("adam", "adagrad")
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
-"""Files every run folder gets (plus PNGs when the data are images)."""
+"""Files every run folder gets (plus ``best.pt`` with a validation set, and PNGs for images)."""
+
+SETTINGS_FIXED_ON_RESUME = (
+    "elbo", "num_particles", "labels", "kl_warmup_steps", "free_bits", "optimizer", "lr", "batch_size",
+    "seed", "dataset", "num_train", "num_test", "num_valid", "checkpoint_every",
+)
+"""Settings a resumed run must share with the checkpoint (``epochs`` and the device may change)."""
+
+MAX_BACKOFFS = 10
+"""A run with ``nonfinite_backoff`` stops after this many non-finite steps."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped :func:`train` after saving a checkpoint.
+
+    Attributes:
+        signal_number: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+        checkpoint: the checkpoint written, or ``None`` when the run writes no files.
+        step: SVI steps taken when it stopped.
+    """
+
+    def __init__(self, message: str, signal_number: int, checkpoint: Path | None, step: int):
+        super().__init__(message)
+        self.signal_number, self.checkpoint, self.step = signal_number, checkpoint, step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A non-finite loss or gradient: the step that produced it was not applied."""
 
 
 @dataclass
@@ -54,12 +98,15 @@ class TrainResult:
             ``{"step", "samples_seen", "train_elbo"}`` dicts (nats per datapoint).
         out: the run folder, or ``None`` when nothing was written.
         train_seconds: total wall-clock of SVI steps, evaluation excluded.
+        skipped_steps: steps not applied because of a non-finite loss or gradient
+            (``nonfinite_backoff``), as ``{"step", "epoch", "lr_factor"}`` dicts.
     """
 
     history: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
     out: Path | None = None
     train_seconds: float = 0.0
+    skipped_steps: list[dict] = field(default_factory=list)
 
     @property
     def final(self) -> dict:
@@ -69,7 +116,7 @@ class TrainResult:
 
 def make_optimizer(name: str, lr: float) -> pyro.optim.PyroOptim:
     """A Pyro optimizer by name (``adam`` or ``adagrad``) with learning rate ``lr``."""
-    if lr <= 0 or not math.isfinite(lr):
+    if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"learning rate must be positive, got {lr}")
     if name == "adam":
         return pyro.optim.Adam({"lr": lr})
@@ -78,15 +125,46 @@ def make_optimizer(name: str, lr: float) -> pyro.optim.PyroOptim:
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def _svi_step(elbo, optim, model, guide, x, *args) -> torch.Tensor:
-    """One SVI step on the batch ``x``; returns the loss as a device tensor (no host sync)."""
-    with poutine.trace(param_only=True) as capture:
-        loss = elbo.differentiable_loss(model, guide, x, *args)
-        loss.backward()
-    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
-    optim(params)
-    zero_grads(params)
-    return loss.detach()
+def _scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:
+    """Multiply the learning rate of every parameter's optimizer (and of those still to come)."""
+    for opt in optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lr"] *= factor
+    if isinstance(optim.pt_optim_args, dict) and "lr" in optim.pt_optim_args:
+        optim.pt_optim_args = {**optim.pt_optim_args, "lr": optim.pt_optim_args["lr"] * factor}
+
+
+class _Loss(torch.nn.Module):
+    """The ELBO of a pair as a ``torch.nn.Module`` (the counterpart of Pyro's ``ELBOModule``
+    for pairs that are methods of an ``nn.Module``), so that ``DistributedDataParallel`` can
+    wrap it: ``module`` holds every parameter the pair registers with ``pyro.module``."""
+
+    def __init__(self, module: torch.nn.Module | None, objective, model, guide):
+        super().__init__()
+        self.module, self.objective, self.model, self.guide = module, objective, model, guide
+
+    def forward(self, x, *args):
+        return self.objective.differentiable_loss(self.model, self.guide, x, *args)
+
+
+def _svi_step(loss_fn, optim, x, *args, grad_scale: float = 1.0):
+    """Loss and gradients on the batch ``x``, the optimizer step only if both are finite.
+
+    Returns ``(loss, applied)``: the loss as a device tensor, and whether the step was applied.
+    The finiteness check reads one boolean per step (one host sync; agreed across ranks when
+    distributed), so that a bad step is never applied.
+    """
+    with pyro.poutine.trace(param_only=True) as capture:
+        loss = loss_fn(x, *args)
+        (loss * grad_scale if grad_scale != 1.0 else loss).backward()
+    params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.stack(norms).sum() if norms else loss.detach())
+    applied = dist.all_true(finite)
+    if applied:
+        optim(params)
+    zero_grads(set(params))
+    return loss.detach(), applied
 
 
 def _sync(device: torch.device) -> None:
@@ -94,24 +172,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prepare_out(out, overwrite: bool) -> Path | None:
+def _prepare_out(out, overwrite: bool, resume: bool) -> Path | None:
     if out is None:
         return None
     out = Path(out)
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise FileNotFoundError(f"cannot resume: {out} holds no checkpoint.pt (is it a run folder?)")
+        return out
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
-            f"{out} already holds a run ({', '.join(existing)}); choose another folder or pass "
-            "overwrite=True (--overwrite) to replace it"
+            f"{out} already holds a run ({', '.join(existing)}); choose another folder, resume it "
+            "(resume=True, --resume) or pass overwrite=True (--overwrite) to replace it"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "best.pt"):
+            (out / name).unlink(missing_ok=True)
     return out
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a small text file through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {e} (disk full or not writable?)") from e
+
+
 def _tensorboard_writer(out: Path | None):
-    if out is None:
+    if out is None or not dist.is_main():
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -120,14 +214,16 @@ def _tensorboard_writer(out: Path | None):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> None:
-    """Run :func:`check_model_guide` on training data without touching the RNG streams."""
+def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> int:
+    """Run :func:`check_model_guide` on training data without touching the RNG streams; returns
+    the pair's max plate nesting (so that the objective does not draw from the RNGs to guess it)."""
     if labels and data.train_labels is None:
         raise ValueError(f"labels=True but the data set {data.name!r} has no labels")
     with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
         x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
         args = (data.train_labels[: len(x)],) if labels else ()
         check_model_guide(model, guide, x, *args, elbo=elbo)
+        return guess_max_plate_nesting(model, guide, x[:2], *(a[:2] for a in args))
 
 
 def _write_pictures(model, guide, data: Dataset, out: Path, result, label: str, batch_size, labels) -> None:
@@ -140,10 +236,76 @@ def _write_pictures(model, guide, data: Dataset, out: Path, result, label: str, 
         x = torch.bernoulli(x)
     save_image_grid(sample_prior(model, x, *args), data.image_shape, out / "samples.png",
                     title="samples: decoder mean for z ~ p(z)" + (" (labels of the test images)" if labels else ""))
-    recon_args = tuple(a[:30] for a in args)
-    pairs = torch.stack([x[:30], reconstruct(model, guide, x[:30], *recon_args)], dim=1).reshape(60, -1)
+    n = min(30, len(x))
+    recon_args = tuple(a[:n] for a in args)
+    pairs = torch.stack([x[:n], reconstruct(model, guide, x[:n], *recon_args)], dim=1).reshape(2 * n, -1)
     save_image_grid(pairs, data.image_shape, out / "reconstructions.png", ncols=10,
                     title="test images (left) and reconstructions (right), z ~ q(z|x)")
+
+
+@contextmanager
+def _stop_on_signals(enabled: bool):
+    """Turn SIGINT/SIGTERM into a flag that the step loop reads (a second SIGINT while the
+    checkpoint is written raises ``KeyboardInterrupt`` at once). Only in the main thread."""
+    flag = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class _Position:
+    """Where a run is: what a checkpoint needs, beyond parameters and optimizer, to continue exactly."""
+
+    step: int = 0  # SVI steps taken (applied or skipped)
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # minibatches done in the epoch under way (0 at an epoch boundary)
+    epoch_data_rng: torch.Tensor | None = None  # data-order generator state at the epoch's start
+    epoch_total: torch.Tensor | None = None  # sum of the epoch's losses so far
+    interval_total: torch.Tensor | None = None
+    interval_points: int = 0
+    epoch_seconds: float = 0.0
+
+    def state(self) -> dict:
+        return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+
+
+def _owner_module(model, guide, module):
+    if module is not None:
+        return module
+    owners = {id(getattr(fn, "__self__", None)): getattr(fn, "__self__", None) for fn in (model, guide)}
+    owners = [m for m in owners.values() if isinstance(m, torch.nn.Module)]
+    return owners[0] if len(owners) == 1 else None
+
+
+def _ddp_loss(loss: _Loss, device: torch.device):
+    """Wrap the loss in DistributedDataParallel; every parameter in Pyro's param store must be a
+    parameter of the pair's module (so DDP averages its gradient)."""
+    if loss.module is None:
+        raise ValueError("distributed training needs the nn.Module holding the pair's networks: make model and "
+                         "guide methods of one nn.Module (as the shipped pairs are) or pass module=...")
+    owned = {id(p) for p in loss.module.parameters()}
+    stray = [name for name, p in pyro.get_param_store().named_parameters() if id(p) not in owned]
+    if stray:
+        raise ValueError(f"distributed training: parameters {stray[:5]} are in Pyro's param store but not in the "
+                         "pair's nn.Module, so DistributedDataParallel would not average their gradients; "
+                         "register them as nn.Parameters of the module")
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index or 0] if device.type == "cuda" else None
+    return DistributedDataParallel(loss, device_ids=device_ids)
 
 
 def train(
@@ -163,11 +325,15 @@ def train(
     seed: int | None = 0,
     out: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    nonfinite_backoff: float | None = None,
     config: dict | None = None,
     eval_batch_size: int = 1000,
     log_interval: int = 100,
     progress: bool = True,
     clear_params: bool = True,
+    module: torch.nn.Module | None = None,
 ) -> TrainResult:
     """Train a model/guide pair with SVI.
 
@@ -175,8 +341,8 @@ def train(
         model, guide: a conforming pair (see :mod:`pyro_vae.models.base`) whose parameters live
             on the same device as ``data``; called as ``fn(x_batch)`` (``fn(x_batch, y_batch)``
             with ``labels``). :func:`~pyro_vae.check_model_guide` checks it before the first step.
-        data: a :class:`~pyro_vae.data.Dataset` (train/test splits, dynamic binarization) or an
-            ``(N, ...)`` tensor of training data (no test ELBO then).
+        data: a :class:`~pyro_vae.data.Dataset` (train/test/validation splits, dynamic
+            binarization) or an ``(N, ...)`` tensor of training data (no test ELBO then).
         elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO) or ``iwae``.
         num_particles: samples per datapoint per step (averaged, or ``K`` for ``iwae``).
         labels: pass each batch's class labels (``data.train_labels``) as the second argument,
@@ -188,28 +354,46 @@ def train(
         optimizer, lr: ``adam`` or ``adagrad`` and its learning rate; or a ``PyroOptim``
             instance (``lr`` is then ignored), which keeps its state across calls, e.g. for a
             learning-rate schedule run as several ``train(..., clear_params=False, seed=None)``.
-        batch_size: datapoints per SVI step; each epoch visits every training point once.
-        epochs: passes over the training set.
-        seed: seeds Pyro, torch, numpy and random (``None``: leave the RNGs as they are).
-        out: run folder for ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and PNGs
-            (samples, reconstructions, ELBO curves); TensorBoard events too when
-            ``tensorboard`` is installed. ``None`` writes nothing.
+        batch_size: datapoints per SVI step; each epoch visits every training point once. Under
+            ``torchrun`` this is the global batch, split evenly over the processes.
+        epochs: passes over the training set (in total, counting a resumed run's earlier ones).
+        seed: seeds Pyro, torch, numpy and random, and the data order (``None``: draw the
+            data-order seed from torch's RNG and leave the RNGs as they are).
+        out: run folder for ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (the latest
+            good state), ``best.pt`` (best validation ELBO, when ``data.valid`` exists) and PNGs
+            (samples, reconstructions, ELBO curves, written when the run completes);
+            TensorBoard events too when ``tensorboard`` is installed. ``None`` writes nothing.
         overwrite: allow ``out`` to hold a previous run, which is then replaced.
+        resume: continue the run saved in ``out`` (its ``checkpoint.pt``) up to ``epochs`` in
+            total. Settings must match the checkpoint's (``CheckpointError`` names the ones that
+            do not). On the CPU the result is bitwise equal to an uninterrupted run.
+        checkpoint_every: also checkpoint every this many steps inside an epoch (0: only at the
+            end of each epoch).
+        nonfinite_backoff: ``None`` stops the run with :class:`NonFiniteLossError` at a step
+            whose loss or gradient is not finite; a factor in (0, 1) instead skips that step,
+            multiplies the learning rate by the factor and goes on (at most
+            :data:`MAX_BACKOFFS` times). The bad step is never applied.
         config: extra entries for ``config.json`` (e.g. how to rebuild the model).
-        eval_batch_size: datapoints per batch when evaluating the test ELBO.
+        eval_batch_size: datapoints per batch when evaluating the test/validation ELBO.
         log_interval: steps between updates of the progress bar's loss (one host sync each).
         progress: show a progress bar.
         clear_params: clear Pyro's param store first, so the nets start from their own
             initial weights rather than from a previous run's stored values.
+        module: the ``nn.Module`` holding the pair's networks, for distributed training, when
+            model and guide are not methods of one module.
 
     Returns:
-        :class:`TrainResult` with the per-epoch history.
+        :class:`TrainResult` with the per-epoch history (earlier epochs included on resume).
 
     Raises:
         ValueError: bad settings (names, sizes) with the valid choices in the message.
         ModelGuideError: (a ``ValueError``) the pair breaks the contract; the message names
             the rule and the site.
-        FileExistsError: ``out`` already holds a run and ``overwrite`` is false.
+        FileExistsError: ``out`` already holds a run and neither ``overwrite`` nor ``resume``.
+        CheckpointError: a checkpoint cannot be written (full disk: the previous one is left
+            intact) or, on resume, read or matched to this pair and these settings.
+        NonFiniteLossError: a non-finite loss or gradient (the step is named, not applied).
+        TrainingInterrupted: SIGINT/SIGTERM; the checkpoint was saved (when ``out`` is set).
     """
     if isinstance(data, torch.Tensor):
         data = Dataset(name="tensor", train=data, test=None, image_shape=None, likelihood=None)
@@ -218,14 +402,23 @@ def train(
         raise ValueError("the training set is empty")
     if not 0 < batch_size <= num_train:
         raise ValueError(f"batch_size must be between 1 and the training set size {num_train}, got {batch_size}")
+    world, rank = dist.world_size(), dist.rank()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes {world}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if kl_warmup_steps < 0:
-        raise ValueError(f"kl_warmup_steps must be >= 0, got {kl_warmup_steps}")
+    if kl_warmup_steps < 0 or checkpoint_every < 0:
+        raise ValueError("kl_warmup_steps and checkpoint_every must be >= 0")
     if kl_warmup_steps and elbo == "iwae":
         raise ValueError("KL warm-up scales the latent sites only, which has no importance-weighted "
                          "analogue: use elbo 'trace' or 'meanfield' with kl_warmup_steps")
-    objective = get_elbo(elbo, num_particles, free_bits)
+    if nonfinite_backoff is not None and not 0 < nonfinite_backoff < 1:
+        raise ValueError(f"nonfinite_backoff must be a factor in (0, 1), got {nonfinite_backoff}")
+    if resume and out is None:
+        raise ValueError("resume=True needs out: the run folder to continue")
+    if resume and not (Path(out) / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"cannot resume: {out} holds no checkpoint.pt (is it a run folder?)")
+    get_elbo(elbo, num_particles, free_bits)  # bad names and settings fail before anything runs
     if isinstance(optimizer, pyro.optim.PyroOptim):
         optim, optimizer = optimizer, type(optimizer).__name__
     else:
@@ -233,80 +426,204 @@ def train(
     device = data.device
     if clear_params:
         pyro.clear_param_store()
-    _check_pair(model, guide, data, elbo, labels)
-    out = _prepare_out(out, overwrite)
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    step = 0
-    step_model, step_guide = model, guide
-    if kl_warmup_steps:
-        warmup = lambda: min(1.0, (step + 1) / kl_warmup_steps)  # noqa: E731  read at each step
-        step_model, step_guide = scale_latents(model, warmup), scale_latents(guide, warmup)
-
+    objective = get_elbo(elbo, num_particles, free_bits, _check_pair(model, guide, data, elbo, labels))
     settings = dict(
         elbo=elbo, num_particles=num_particles, labels=labels, kl_warmup_steps=kl_warmup_steps,
         free_bits=free_bits, optimizer=optimizer, lr=lr, batch_size=batch_size,
         epochs=epochs, seed=seed, dataset=data.name, num_train=num_train,
-        num_test=None if data.test is None else data.test.shape[0], device=str(device),
+        num_test=None if data.test is None else data.test.shape[0],
+        num_valid=None if data.valid is None else data.valid.shape[0],
+        checkpoint_every=checkpoint_every, device=str(device), world_size=world,
     )
-    if out is not None:
-        (out / "config.json").write_text(json.dumps({**(config or {}), **settings}, indent=2))
+    full_config = {**(config or {}), **settings}
+    result = TrainResult()
+    pos = _Position()
+    best_valid = -math.inf
+    data_rng = torch.Generator(device=device)
+    if resume:
+        state = _resume_state(Path(out) / "checkpoint.pt", model, guide, data, labels, settings)
+        optim.set_state(state["optimizer"])
+        pos = _Position(**state["position"])
+        result.history, result.curve = list(state["history"]), list(state["curve"])
+        result.skipped_steps = list(state.get("skipped_steps", []))
+        result.train_seconds = sum(h["train_seconds"] for h in result.history)
+        best_valid = state.get("best_valid_elbo", -math.inf)
+        data_rng.set_state(state["data_rng"])
+        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        if rank >= len(state["rng"]):  # a run resumed on more processes: fresh noise streams
+            pyro.set_rng_seed((seed or 0) + rank + pos.step)
+        if pos.epoch >= epochs:
+            raise ValueError(f"the run in {out} already has {pos.epoch} epochs; ask for more (epochs=N, "
+                             f"--epochs N) to continue it")
+    elif seed is not None:
+        pyro.set_rng_seed(seed + rank)  # each process draws its own noise; rank 0 as a single process
+        data_rng.manual_seed(seed)
+    else:
+        data_rng.manual_seed(int(torch.randint(2**62, (1,)).item()))
+    out = _prepare_out(out, overwrite, resume)
+    result.out = out
+    main = out is not None and dist.is_main()
+    if main:
+        _write_atomic(out / "config.json", json.dumps(full_config, indent=2))
+        _write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in result.history))
+
+    step_model, step_guide = model, guide
+    if kl_warmup_steps:
+        warmup = lambda: min(1.0, (pos.step + 1) / kl_warmup_steps)  # noqa: E731  read at each step
+        step_model, step_guide = scale_latents(model, warmup), scale_latents(guide, warmup)
+    loss_fn = _Loss(_owner_module(model, guide, module), objective, step_model, step_guide)
+    if world > 1:
+        loss_fn = _ddp_loss(loss_fn, device)
+
+    def checkpoint(name="checkpoint.pt", **extra):
+        """Save the current state (every process takes part; rank 0 writes)."""
+        rng_states = dist.gather_objects(get_rng_state())
+        if not main:
+            return None
+        return save_checkpoint(
+            out / name, optim, step=pos.step, epoch=pos.epoch, position=pos.state(), rng=rng_states,
+            data_rng=data_rng.get_state(), config=full_config, history=result.history, curve=result.curve,
+            skipped_steps=result.skipped_steps, best_valid_elbo=best_valid, finished=pos.epoch >= epochs, **extra)
+
     writer = _tensorboard_writer(out)
-    result = TrainResult(out=out)
     steps_per_epoch = math.ceil(num_train / batch_size)
-    for epoch in range(1, epochs + 1):
-        _sync(device)
-        start = time.perf_counter()
-        x_epoch = data.train_epoch()
-        perm = torch.randperm(num_train, device=device)
-        total = torch.zeros((), device=device)
-        interval_total, interval_points = torch.zeros((), device=device), 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs} [{elbo}]", disable=not progress,
-                   leave=False)
-        for b in range(steps_per_epoch):
-            index = perm[b * batch_size : (b + 1) * batch_size]
-            args = (data.train_labels[index],) if labels else ()
-            loss = _svi_step(objective, optim, step_model, step_guide, x_epoch[index], *args)
-            total = total + loss
-            interval_total = interval_total + loss
-            interval_points += min(batch_size, num_train - b * batch_size)
-            step += 1
-            bar.update(1)
-            if (b + 1) % log_interval == 0 or b + 1 == steps_per_epoch:
-                value = -float(interval_total) / interval_points  # the one host sync per interval
-                result.curve.append({"step": step, "samples_seen": step * batch_size, "train_elbo": value})
-                bar.set_postfix(elbo=f"{value:.2f}")
-                interval_total, interval_points = torch.zeros((), device=device), 0
-        bar.close()
-        _sync(device)
-        epoch_seconds = time.perf_counter() - start
-        result.train_seconds += epoch_seconds
-        metrics = {
-            "epoch": epoch,
-            "step": step,
-            "train_elbo": -float(total) / num_train,
-            "train_seconds": epoch_seconds,
-            "total_train_seconds": result.train_seconds,
-        }
-        if data.test is not None:
-            test_args = (data.test_labels,) if labels else ()
-            metrics["test_elbo"], metrics["test_elbo_se"] = evaluate_elbo(
-                model, guide, data.test, eval_batch_size, *test_args)
-        result.history.append(metrics)
-        if progress:
-            test = f", test ELBO {metrics['test_elbo']:.2f} ± {metrics['test_elbo_se']:.2f}" if "test_elbo" in metrics else ""
-            tqdm.write(f"epoch {epoch}: train ELBO {metrics['train_elbo']:.2f}{test} nats/datapoint, "
-                       f"{epoch_seconds:.1f} s")
-        if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            if writer is not None:
-                for key in ("train_elbo", "test_elbo"):
-                    if key in metrics:
-                        writer.add_scalar(key, metrics[key], step)
-    if out is not None:
-        save_checkpoint(out / "checkpoint.pt", optim, step=step, epoch=epochs)
+    if world > 1 and num_train % batch_size and num_train % batch_size < world:
+        steps_per_epoch -= 1  # a last batch smaller than the number of processes is dropped
+    with _stop_on_signals(enabled=True) as stop:
+        while pos.epoch < epochs:
+            epoch = pos.epoch + 1
+            _sync(device)
+            start = time.perf_counter()
+            if pos.batch == 0:
+                pos.epoch_data_rng = data_rng.get_state()
+                pos.epoch_total = torch.zeros((), device=device)
+                pos.interval_total, pos.interval_points, pos.epoch_seconds = torch.zeros((), device=device), 0, 0.0
+            else:  # resuming inside an epoch: redraw the epoch's data and order from its saved state
+                data_rng.set_state(pos.epoch_data_rng)
+                pos.epoch_total, pos.interval_total = pos.epoch_total.to(device), pos.interval_total.to(device)
+            x_epoch = data.train_epoch(generator=data_rng)
+            perm = torch.randperm(num_train, device=device, generator=data_rng)
+            bar = tqdm(total=steps_per_epoch, initial=pos.batch, desc=f"epoch {epoch}/{epochs} [{elbo}]",
+                       disable=not progress or not dist.is_main(), leave=False)
+            for b in range(pos.batch, steps_per_epoch):
+                index = perm[b * batch_size : (b + 1) * batch_size]
+                points = index.shape[0]
+                if world > 1:
+                    index = index.tensor_split(world)[rank]
+                args = (data.train_labels[index],) if labels else ()
+                loss, applied = _svi_step(loss_fn, optim, x_epoch[index], *args, grad_scale=float(world))
+                if not applied:
+                    _nonfinite(loss, pos, epoch, b, result, optim, nonfinite_backoff, out)
+                else:
+                    pos.epoch_total = pos.epoch_total + loss
+                    pos.interval_total = pos.interval_total + loss
+                pos.interval_points += points
+                pos.step += 1
+                pos.batch = b + 1
+                bar.update(1)
+                if (b + 1) % log_interval == 0 or b + 1 == steps_per_epoch:
+                    value = -float(dist.sum_tensor(pos.interval_total)) / max(pos.interval_points, 1)
+                    result.curve.append({"step": pos.step, "samples_seen": pos.step * batch_size, "train_elbo": value})
+                    bar.set_postfix(elbo=f"{value:.2f}")
+                    pos.interval_total, pos.interval_points = torch.zeros((), device=device), 0
+                interrupted = dist.any_true(stop["signal"] is not None)
+                if b + 1 < steps_per_epoch and (interrupted or (checkpoint_every and pos.step % checkpoint_every == 0)):
+                    _sync(device)
+                    pos.epoch_seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    path = checkpoint()
+                    if interrupted:
+                        bar.close()
+                        _interrupt(stop["signal"] or signal.SIGTERM, path, pos, epoch, steps_per_epoch, out)
+            bar.close()
+            _sync(device)
+            pos.epoch_seconds += time.perf_counter() - start
+            result.train_seconds += pos.epoch_seconds
+            epoch_points = min(steps_per_epoch * batch_size, num_train)
+            metrics = {
+                "epoch": epoch,
+                "step": pos.step,
+                "train_elbo": -float(dist.sum_tensor(pos.epoch_total)) / epoch_points,
+                "train_seconds": pos.epoch_seconds,
+                "total_train_seconds": result.train_seconds,
+            }
+            if data.test is not None:
+                test_args = (data.test_labels,) if labels else ()
+                metrics["test_elbo"], metrics["test_elbo_se"] = evaluate_elbo(
+                    model, guide, data.test, eval_batch_size, *test_args, distributed=True)
+            if data.valid is not None:
+                valid_args = (data.valid_labels,) if labels else ()
+                metrics["valid_elbo"], metrics["valid_elbo_se"] = evaluate_elbo(
+                    model, guide, data.valid, eval_batch_size, *valid_args, distributed=True)
+            result.history.append(metrics)
+            pos.epoch, pos.batch = epoch, 0
+            pos.epoch_data_rng = pos.epoch_total = pos.interval_total = None
+            if progress and dist.is_main():
+                test = f", test ELBO {metrics['test_elbo']:.2f} ± {metrics['test_elbo_se']:.2f}" if "test_elbo" in metrics else ""
+                tqdm.write(f"epoch {epoch}: train ELBO {metrics['train_elbo']:.2f}{test} nats/datapoint, "
+                           f"{pos.epoch_seconds:.1f} s")
+            if out is not None:
+                improved = metrics.get("valid_elbo", -math.inf) > best_valid
+                if improved:
+                    best_valid = metrics["valid_elbo"]
+                path = checkpoint()
+                if improved:
+                    checkpoint("best.pt")
+                if main:
+                    _write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in result.history))
+                    if writer is not None:
+                        for key in ("train_elbo", "test_elbo", "valid_elbo"):
+                            if key in metrics:
+                                writer.add_scalar(key, metrics[key], pos.step)
+                if dist.any_true(stop["signal"] is not None) and pos.epoch < epochs:
+                    _interrupt(stop["signal"] or signal.SIGTERM, path, pos, epoch, steps_per_epoch, out)
+    if main:
         _write_pictures(model, guide, data, out, result, elbo, batch_size, labels)
     if writer is not None:
         writer.close()
     return result
+
+
+def _resume_state(path: Path, model, guide, data: Dataset, labels: bool, settings: dict) -> dict:
+    """Load a checkpoint into the pair for resuming, after checking that it can be resumed."""
+    x = data.test[:2] if data.test is not None else data.train[:2]
+    if data.binarize:
+        x = torch.bernoulli(x.clamp(0, 1), generator=torch.Generator(device=x.device).manual_seed(0))
+    args = (((data.test_labels if data.test is not None else data.train_labels)[:2]),) if labels else ()
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        state = load_checkpoint(path, model, guide, x, *args)
+    if "position" not in state:
+        raise CheckpointError(f"{path} holds parameters only (written by an older pyro-vae or by "
+                              "save_checkpoint directly): it cannot be resumed exactly")
+    saved = state["config"]
+    changed = [f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in SETTINGS_FIXED_ON_RESUME
+               if saved.get(k) != settings[k]]
+    if changed:
+        raise CheckpointError(f"cannot resume {path}: the run was written with other settings ({'; '.join(changed)})")
+    return state
+
+
+def _nonfinite(loss, pos: _Position, epoch: int, b: int, result: TrainResult, optim, backoff, out) -> None:
+    """A step whose loss or gradient was not finite (and was not applied): stop, or back off."""
+    where = f"step {pos.step + 1} (epoch {epoch}, minibatch {b + 1})"
+    kept = f"; the last good checkpoint {out / 'checkpoint.pt'} is intact" if out is not None and (out / "checkpoint.pt").exists() else ""
+    if backoff is None or len(result.skipped_steps) >= MAX_BACKOFFS:
+        why = "" if backoff is None else f" for the {MAX_BACKOFFS + 1}th time (nonfinite_backoff gives up)"
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at {where}{why}: loss {float(loss)}; the step was not applied{kept}. "
+            "Lower the learning rate, or pass nonfinite_backoff (--nonfinite-backoff) to skip such steps")
+    _scale_learning_rate(optim, backoff)
+    factor = backoff ** (len(result.skipped_steps) + 1)
+    result.skipped_steps.append({"step": pos.step + 1, "epoch": epoch, "lr_factor": factor})
+    tqdm.write(f"non-finite loss or gradient at {where}: step skipped, learning rate now x{factor:g}")
+
+
+def _interrupt(signum: int, path, pos: _Position, epoch: int, steps_per_epoch: int, out) -> None:
+    name = signal.Signals(signum).name
+    where = f"step {pos.step} (epoch {epoch}, minibatch {pos.batch}/{steps_per_epoch})"
+    if path is not None:
+        message = (f"training interrupted by {name} at {where}; checkpoint saved to {path}; resume with: "
+                   f"pyro-vae train --resume {out}  (Python: train(..., out={str(out)!r}, resume=True))")
+    else:
+        message = f"training interrupted by {name} at {where}; no run folder, nothing saved"
+    raise TrainingInterrupted(message, signum, path, pos.step)

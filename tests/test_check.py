@@ -141,7 +141,7 @@ def test_nan_pixels(x):
 
     bad = x.clone()
     bad[3, 2] = float("nan")
-    _raises(r"observed site 'x': 1 of 20 datapoints lie outside the support of Normal", gaussian_model, guide, bad)
+    _raises(r"observed site .x.: 1 of 20 datapoints hold NaN or inf values", gaussian_model, guide, bad)
 
 
 def test_no_observed_site(x):

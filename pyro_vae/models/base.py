@@ -71,6 +71,31 @@ class PairModule(nn.Module):
         self.likelihood = get_likelihood(likelihood)
         self.beta = float(beta)
 
+    def check_input(self, x) -> None:
+        """Raise ``ValueError`` naming the problem unless ``x`` is a ``(batch, data_dim)``
+        floating-point tensor with the dtype and device of the pair's parameters.
+
+        :func:`~pyro_vae.check_model_guide` calls it (once, not at every step) for a pair whose
+        ``model`` is a method of an object that has ``check_input``.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"x has dtype {x.dtype}; the pair takes floating-point values (pixels in [0, 1]): "
+                             "convert with x.float() / 255 for bytes, x.float() for 0/1 integers")
+        if x.dim() != 2 or x.shape[1] != self.data_dim:
+            hint = (": flatten the images with x.reshape(len(x), -1)" if x.dim() > 2 and x[0].numel() == self.data_dim
+                    else f" (this pair was built for data_dim={self.data_dim})")
+            raise ValueError(f"x has shape {tuple(x.shape)}; the pair takes (batch, {self.data_dim}) flattened "
+                             f"datapoints{hint}")
+        param = next(self.parameters(), None)
+        if param is not None and x.dtype != param.dtype:
+            raise ValueError(f"x has dtype {x.dtype} but the pair's parameters are {param.dtype}: convert "
+                             f"with x.to({param.dtype}) (or the pair with .to({x.dtype}))")
+        if param is not None and x.device != param.device:
+            raise ValueError(f"x is on {x.device} but the pair's parameters are on {param.device}: move one "
+                             "of them with .to(device)")
+
     def latent_scale(self):
         """Context that scales latent sites by ``beta`` (a no-op when ``beta == 1``)."""
         return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
