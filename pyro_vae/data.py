@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .names import unknown_name
 
 __all__ = [
     "DATASETS",
@@ -436,5 +437,5 @@ def load_dataset(
     elif name == "frey-face":
         ds = _load_frey(root, download, mirror, valid_size, seed)
     else:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+        raise unknown_name("data set", name, DATASETS)
     return ds.to(device)

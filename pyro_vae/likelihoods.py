@@ -26,6 +26,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from .names import unknown_name
 
 __all__ = ["LIKELIHOODS", "Likelihood", "get_likelihood"]
 
@@ -104,6 +105,4 @@ def get_likelihood(name: str) -> Likelihood:
     try:
         return LIKELIHOODS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}"
-        ) from None
+        raise unknown_name("likelihood", name, LIKELIHOODS) from None

@@ -35,6 +35,7 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
 from .importance import sample_sites, guess_max_plate_nesting, log_importance_weights
+from .names import unknown_name
 
 __all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "get_elbo", "scale_latents"]
 
@@ -208,4 +209,4 @@ def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plat
         return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "iwae":
         return IWAE_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-    raise ValueError(f"unknown ELBO {name!r}; choose one of {', '.join(ELBO_NAMES)}")
+    raise unknown_name("ELBO", name, ELBO_NAMES)

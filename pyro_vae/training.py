@@ -52,6 +52,7 @@ from .importance import guess_max_plate_nesting
 from .generate import reconstruct, sample_prior
 from .objectives import get_elbo, scale_latents
 from .plots import plot_elbo_curves, save_image_grid
+from .names import unknown_name
 
 __all__ = ["OPTIMIZERS", "RUN_FILES", "NonFiniteLossError", "TrainResult", "TrainingInterrupted",
            "make_optimizer", "train"]
@@ -122,7 +123,7 @@ def make_optimizer(name: str, lr: float) -> pyro.optim.PyroOptim:
         return pyro.optim.Adam({"lr": lr})
     if name == "adagrad":
         return pyro.optim.Adagrad({"lr": lr})
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise unknown_name("optimizer", name, OPTIMIZERS)
 
 
 def _scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:

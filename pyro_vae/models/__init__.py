@@ -27,6 +27,7 @@ from .conv import ConvVAE
 from .flow import FlowVAE
 from .hierarchical import HierarchicalVAE
 from .mlp import VAE
+from ..names import unknown_name
 
 __all__ = [
     "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "PairModule", "VAE",
@@ -47,7 +48,7 @@ def _family(name: str) -> type[PairModule]:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+        raise unknown_name("model", name, MODELS) from None
 
 
 def model_options(name: str) -> dict[str, object]:
