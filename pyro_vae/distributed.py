@@ -25,7 +25,7 @@ import os
 import torch
 import torch.distributed as tdist
 
-__all__ = ["all_true", "any_true", "gather_objects", "init_from_env", "is_main", "rank", "sum_tensor",
+__all__ = ["all_true", "barrier", "any_true", "gather_objects", "init_from_env", "is_main", "rank", "sum_tensor",
            "world_size"]
 
 
@@ -88,6 +88,12 @@ def gather_objects(obj) -> list:
     gathered = [None] * tdist.get_world_size()
     tdist.all_gather_object(gathered, obj)
     return gathered
+
+
+def barrier() -> None:
+    """Wait for every process (nothing with one process)."""
+    if _active():
+        tdist.barrier()
 
 
 def init_from_env(device: str | None = None) -> torch.device | None:

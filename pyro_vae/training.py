@@ -182,6 +182,7 @@ def _prepare_out(out, overwrite: bool, resume: bool) -> Path | None:
             raise FileNotFoundError(f"cannot resume: {out} holds no checkpoint.pt (is it a run folder?)")
         return out
     existing = [name for name in RUN_FILES if (out / name).exists()]
+    dist.barrier()  # every process has looked before rank 0 writes
     if existing and not overwrite:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(existing)}); choose another folder, resume it "
