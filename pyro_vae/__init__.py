@@ -11,7 +11,7 @@ from .evaluation import LogLikelihoodResult, estimate_log_likelihood, evaluate_e
 from .latent import anomaly_scores, decode, encode, interpolate, latent_manifold, traverse
 from .models import MODELS, VAE, build_model
 from .objectives import IWAE_ELBO, get_elbo
-from .training import TrainResult, train
+from .training import NonFiniteLossError, TrainingInterrupted, TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,8 @@ __all__ = [
     "Dataset",
     "LogLikelihoodResult",
     "ModelGuideError",
+    "NonFiniteLossError",
+    "TrainingInterrupted",
     "TrainResult",
     "VAE",
     "anomaly_scores",
