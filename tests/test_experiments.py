@@ -58,7 +58,20 @@ def check_burda(report, folder):
     assert "| 1 | VAE | 1 |" in (folder / "summary.md").read_text()
 
 
+def check_benchmark(report):
+    for m in report["measurements"]:
+        for row in m["steps"] + m["epochs"]:
+            ours, hand = (row["toolkit_ms_per_step"], row["handwritten_ms_per_step"]) if "toolkit_ms_per_step" in row \
+                else (row["toolkit_epoch_s"], row["handwritten_epoch_s"])
+            assert ours > 0 and hand > 0 and row["ratio"] == pytest.approx(ours / hand)
+        for row in m["steps"]:  # the two sides compute the same bound (20 draws at the same weights)
+            assert row["toolkit_loss_per_point"] == pytest.approx(row["handwritten_loss_per_point"], abs=2.0)
+        assert {r["objective"] for r in m["steps"]} == {"trace", "meanfield", "iwae"}
+        check_eval_throughput(m["evaluation"])
+
+
 QUICK_RUNS = {
+    "benchmark.py": (["--quick", "--device", "cpu"], check_benchmark),
     "eval_throughput.py": (["--quick", "--device", "cpu"], check_eval_throughput),
     "zoo.py": (["--quick", "--device", "cpu"], check_zoo),
     "aevb.py": (["--quick", "--device", "cpu"], check_aevb),
@@ -82,6 +95,8 @@ def test_experiment_quick(script, data_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     check = QUICK_RUNS[script][1]
+    if script == "benchmark.py":
+        assert out.with_suffix(".md").read_text().startswith("# Benchmark")
     if out.is_file():  # scripts that write one JSON file
         check(json.loads(out.read_text()))
     else:  # scripts that write a results folder named after --out

@@ -1,0 +1,258 @@
+"""Speed of the toolkit against a hand-written PyTorch VAE of the same network, in one run.
+
+Training: the step that :func:`pyro_vae.train` runs (Pyro's ELBO through
+``pyro_vae.training._svi_step``: trace the params, loss and gradients, finiteness check, Pyro's
+Adam) against a hand-written step (the same encoder/decoder modules and initial weights,
+reparameterized draws, closed-form log-densities, ``torch.optim.Adam``) for Trace_ELBO,
+TraceMeanField_ELBO and IWAE (k = 5), at batch sizes 100 and 1024; and full epochs: ``train()``
+(its ``train_seconds``) against a hand-written epoch loop (fresh binarization, permutation,
+minibatches, losses summed on the device and read once). Warm-up steps/epochs are excluded;
+numbers are medians of repeated runs. Evaluation: log p̂(x) throughput of
+``estimate_log_likelihood`` against a hand-written evaluator (``eval_throughput.py``).
+
+Output: JSON (``--out``) with, per device, batch size and objective, milliseconds per step of
+both and their ratio (toolkit / hand-written: lower is better, 1 is parity), and a markdown
+table beside it (same name, ``.md``).
+
+    python experiments/benchmark.py --device cpu --out experiments/results/benchmark_cpu.json
+    python experiments/benchmark.py --device cuda --out experiments/results/benchmark_cuda.json
+    python experiments/benchmark.py --quick --out /tmp/bench.json       # seconds, for the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eval_throughput  # noqa: E402  (the evaluation half of the benchmark)
+
+import pyro_vae  # noqa: E402
+from pyro_vae.data import load_dataset  # noqa: E402
+from pyro_vae.objectives import get_elbo  # noqa: E402
+from pyro_vae.training import _Loss, _svi_step  # noqa: E402  (exactly the step train() runs)
+
+OBJECTIVES = {"trace": 1, "meanfield": 1, "iwae": 5}  # name -> particles
+LOG_2PI = math.log(2 * math.pi)
+
+
+def handwritten_loss(encoder, decoder, x, objective: str, k: int) -> torch.Tensor:
+    """The negative bound summed over the batch, written without Pyro."""
+    loc, scale = encoder(x)
+    eps = torch.randn(((k,) if objective == "iwae" else ()) + loc.shape, device=x.device, dtype=x.dtype)
+    z = loc + scale * eps
+    logits = decoder(z)
+    log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    if objective == "meanfield":
+        kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(-1)
+        return -(log_lik - kl).sum()
+    log_q = (-0.5 * eps**2 - scale.log() - 0.5 * LOG_2PI).sum(-1)
+    log_p = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
+    w = log_lik + log_p - log_q
+    if objective == "iwae":
+        return -(torch.logsumexp(w, 0) - math.log(k)).sum()
+    return -w.sum()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(run_steps, steps: int, repeats: int, device) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run_steps(steps)
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - start) / steps)
+    return statistics.median(times), times
+
+
+def _pairs(args, device):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = pyro_vae.VAE(784, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim).to(device)
+    encoder, decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
+    return vae, encoder, decoder
+
+
+def bench_steps(data, device, batch_size: int, objective: str, args) -> dict:
+    k = OBJECTIVES[objective]
+    vae, encoder, decoder = _pairs(args, device)
+    loss_fn = _Loss(vae, get_elbo(objective, k, max_plate_nesting=1), vae.model, vae.guide)
+    optim = pyro.optim.Adam({"lr": 1e-3})
+    adam = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=1e-3)
+    batches = [torch.bernoulli(data[i * batch_size : (i + 1) * batch_size]) for i in range(len(data) // batch_size)]
+
+    def ours(n):
+        with pyro.validation_enabled(False):  # as in train()'s step loop
+            for i in range(n):
+                _svi_step(loss_fn, optim, batches[i % len(batches)])
+
+    def handwritten(n):
+        for i in range(n):
+            adam.zero_grad(set_to_none=True)
+            handwritten_loss(encoder, decoder, batches[i % len(batches)], objective, k).backward()
+            adam.step()
+
+    row = {"batch_size": batch_size, "objective": objective, "num_particles": k}
+    with torch.no_grad():  # both compute the same bound: mean over 20 draws at the initial weights, nats/datapoint
+        x = batches[0]
+        row["toolkit_loss_per_point"] = statistics.mean(float(loss_fn(x)) for _ in range(20)) / len(x)
+        row["handwritten_loss_per_point"] = statistics.mean(
+            float(handwritten_loss(encoder, decoder, x, objective, k)) for _ in range(20)) / len(x)
+    for name, fn in (("toolkit", ours), ("handwritten", handwritten)):
+        fn(args.warmup_steps)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        row[f"{name}_ms_per_step"], row[f"{name}_ms_all"] = _median_ms(fn, args.steps, args.repeats, device)
+        if device.type == "cuda":
+            row[f"{name}_peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    row["ratio"] = row["toolkit_ms_per_step"] / row["handwritten_ms_per_step"]
+    return row
+
+
+def bench_epoch(train_data, device, batch_size: int, objective: str, args) -> dict:
+    k = OBJECTIVES[objective]
+    n = train_data.shape[0]
+
+    def ours():
+        vae, _, _ = _pairs(args, device)
+        result = pyro_vae.train(vae.model, vae.guide, pyro_vae.Dataset("mnist", train_data, None, (28, 28), "bernoulli", binarize=True),
+                                elbo=objective, num_particles=k, batch_size=batch_size, epochs=1, progress=False)
+        return result.train_seconds
+
+    def handwritten():
+        _, encoder, decoder = _pairs(args, device)
+        adam = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=1e-3)
+        _sync(device)
+        start = time.perf_counter()
+        x_epoch = torch.bernoulli(train_data)
+        perm = torch.randperm(n, device=device)
+        total = torch.zeros((), device=device)
+        for b in range(math.ceil(n / batch_size)):
+            adam.zero_grad(set_to_none=True)
+            loss = handwritten_loss(encoder, decoder, x_epoch[perm[b * batch_size : (b + 1) * batch_size]], objective, k)
+            loss.backward()
+            adam.step()
+            total = total + loss.detach()
+        float(total)
+        _sync(device)
+        return time.perf_counter() - start
+
+    row = {"batch_size": batch_size, "objective": objective, "num_particles": k, "num_train": n}
+    for name, fn in (("toolkit", ours), ("handwritten", handwritten)):
+        fn()  # warm-up epoch
+        times = [fn() for _ in range(args.epoch_repeats)]
+        row[f"{name}_epoch_s"], row[f"{name}_epoch_s_all"] = statistics.median(times), times
+    row["ratio"] = row["toolkit_epoch_s"] / row["handwritten_epoch_s"]
+    return row
+
+
+def measure(device: torch.device, args) -> dict:
+    ds = load_dataset("mnist", args.data_dir, device=device, download=False)
+    train_data = ds.train[: args.epoch_points] if args.epoch_points else ds.train
+    steps, epochs = [], []
+    for batch_size in args.batch_sizes:
+        for objective in OBJECTIVES:
+            steps.append(bench_steps(ds.train, device, batch_size, objective, args))
+            print(f"{device} step  batch {batch_size:5d} {objective:<9}: toolkit {steps[-1]['toolkit_ms_per_step']:7.2f} ms, "
+                  f"hand-written {steps[-1]['handwritten_ms_per_step']:7.2f} ms, ratio {steps[-1]['ratio']:.3f}", flush=True)
+            if args.epoch_repeats:
+                epochs.append(bench_epoch(train_data, device, batch_size, objective, args))
+                print(f"{device} epoch batch {batch_size:5d} {objective:<9}: toolkit {epochs[-1]['toolkit_epoch_s']:7.2f} s, "
+                      f"hand-written {epochs[-1]['handwritten_epoch_s']:7.2f} s, ratio {epochs[-1]['ratio']:.3f}", flush=True)
+    ev_args = argparse.Namespace(num_points=args.eval_points, num_samples=args.eval_samples, batch_size=100,
+                                 particle_chunk_size=None, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
+                                 repeats=args.repeats, run_dir=None, data_dir=args.data_dir)
+    evaluation = eval_throughput.measure(device, ev_args)
+    ratio = evaluation["results"]["pyro_vae"]["throughput_ratio_vs_handwritten"]
+    print(f"{device} evaluation {args.eval_points} points x K={args.eval_samples}: throughput ratio {ratio:.3f}", flush=True)
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim,
+        "steps": steps, "epochs": epochs, "evaluation": evaluation,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Benchmark: pyro-vae vs hand-written PyTorch (torch {report['torch']}, pyro-ppl {report['pyro']})", "",
+             "Ratio = toolkit / hand-written time (lower is better; 1 is parity). Medians of repeated runs, "
+             "warm-up excluded. MNIST MLP VAE, Adam.", ""]
+    for m in report["measurements"]:
+        lines += [f"## {m['device']} ({m['device_name']}, {m['threads']} threads), latent {m['latent_dim']}, "
+                  f"hidden {m['hidden_dim']}", "",
+                  "| batch | objective | toolkit ms/step | hand-written ms/step | ratio |", "|---:|---|---:|---:|---:|"]
+        lines += [f"| {r['batch_size']} | {r['objective']} | {r['toolkit_ms_per_step']:.2f} | "
+                  f"{r['handwritten_ms_per_step']:.2f} | {r['ratio']:.3f} |" for r in m["steps"]]
+        if m["epochs"]:
+            lines += ["", "| batch | objective | training points | toolkit s/epoch | hand-written s/epoch | ratio |",
+                      "|---:|---|---:|---:|---:|---:|"]
+            lines += [f"| {r['batch_size']} | {r['objective']} | {r['num_train']} | {r['toolkit_epoch_s']:.2f} | "
+                      f"{r['handwritten_epoch_s']:.2f} | {r['ratio']:.3f} |" for r in m["epochs"]]
+        ev = m["evaluation"]
+        res = ev["results"]
+        lines += ["", f"Evaluation, {ev['num_points']} test points x K = {ev['num_samples']} (datapoints x samples / s): "
+                  f"hand-written {res['handwritten_pytorch']['throughput_pairs_per_s']:.0f}, toolkit "
+                  f"{res['pyro_vae']['throughput_pairs_per_s']:.0f} (ratio {res['pyro_vae']['throughput_ratio_vs_handwritten']:.3f}); "
+                  f"with ESS and k-hat {res['pyro_vae_with_diagnostics']['throughput_pairs_per_s']:.0f}.", ""]
+        if "peak_memory_mib" in str(m["steps"]):
+            lines += ["Peak GPU memory (MiB), toolkit / hand-written: " + ", ".join(
+                f"b{r['batch_size']} {r['objective']} {r['toolkit_peak_memory_mib']:.0f}/{r['handwritten_peak_memory_mib']:.0f}"
+                for r in m["steps"]), ""]
+        else:
+            lines += [f"Peak resident memory of the benchmark process: {m['peak_rss_mib']:.0f} MiB.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", action="append", choices=["cpu", "cuda"], help="repeatable (default: cpu, and cuda if available)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1024])
+    p.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--epoch-repeats", type=int, default=3, help="timed epochs per setting (0: no epoch timing)")
+    p.add_argument("--epoch-points", type=int, default=None, help="training points per epoch (default: all 60000)")
+    p.add_argument("--eval-points", type=int, default=1000)
+    p.add_argument("--eval-samples", type=int, default=1000)
+    p.add_argument("--latent-dim", type=int, default=20)
+    p.add_argument("--hidden-dim", type=int, default=500)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for the tests")
+    p.add_argument("--out", type=Path, default=Path("results/benchmark.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.steps, args.warmup_steps, args.repeats = [100], 5, 2, 1
+        args.epoch_repeats, args.epoch_points, args.eval_points, args.eval_samples = 1, 1000, 20, 100
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    report = {"what": "ms per training step and s per epoch, toolkit vs hand-written PyTorch; evaluation throughput",
+              "torch": torch.__version__, "pyro": pyro.__version__, "quick": args.quick,
+              "measurements": [measure(torch.device(d), args) for d in devices]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
