@@ -282,14 +282,17 @@ def estimate_log_likelihood(
                         f"pyro.plate({data_plate!r}, len(x)) and pass the datapoints as data"
                     )
                 acc.update(w.log_weights)
-            results["log_likelihood"].append(acc.log_mean_exp().cpu())
+            results["log_likelihood"].append(acc.log_mean_exp())
             for k in group_sizes:
-                bounds[k].append(acc.group_bound(k).cpu())
+                bounds[k].append(acc.group_bound(k))
             if diagnostics:  # k-hat is fitted on the CPU (arviz): one transfer of the tail per batch
-                results["ess"].append(acc.ess().cpu())
+                results["ess"].append(acc.ess())
                 results["pareto_k"].append(torch.from_numpy(pareto_k_from_tail(acc.tail, num_samples)))
             bar.update(x.shape[0])
     bar.close()
+    # to the CPU once, after the loop (no host sync between minibatches beyond the k-hat tails)
+    results = {key: [t.cpu() for t in values] for key, values in results.items()}
+    bounds = {k: [t.cpu() for t in values] for k, values in bounds.items()}
     if world > 1:  # every rank's minibatches, back in data order
         parts = dist.gather_objects((mine, results, bounds))
         order = sorted((b, r, i) for r, (batches, _, _) in enumerate(parts) for i, b in enumerate(batches))
