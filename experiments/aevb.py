@@ -53,7 +53,7 @@ def run(data, latent_dim: int, samples: float, args) -> tuple:
     epochs = max(1, math.ceil(samples / len(data.train)))
     result = pyro_vae.train(vae.model, vae.guide, data, elbo="trace", optimizer="adagrad",
                             lr=SETTINGS[data.name]["lr"], batch_size=100, epochs=epochs, seed=args.seed,
-                            progress=False, log_interval=10**9)
+                            progress=False, log_interval=10**9, jit=args.jit)
     return vae, result
 
 
@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     p.add_argument("--frey-samples", type=float, default=1e7, help="training samples seen per Frey Face run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--jit", action="store_true", help="train with jit=True (the same numbers, faster steps)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, default=Path("results/aevb"))
     p.add_argument("--quick", action="store_true", help="500 MNIST / 300 Frey points, N_z 2 and 3, a few epochs")

@@ -174,6 +174,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-samples", type=int, default=5000, help="K for the final log p̂(x)")
     p.add_argument("--num-eval", type=int, default=10000, help="test points for the final log p̂(x)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--jit", action="store_true", help="train with jit=True (the same numbers, faster steps)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, default=Path("results/estimators"))
     p.add_argument("--quick", action="store_true", help="500 training points, small net, 2 seeds, 1 epoch")
@@ -196,7 +197,7 @@ def main(argv=None) -> None:
             vae = pyro_vae.VAE(784, args.latent_dim, args.hidden_dim).to(args.device)
             vae.load_state_dict(initial)
             result = pyro_vae.train(vae.model, vae.guide, data, elbo=elbo, num_particles=k, lr=args.lr, epochs=args.epochs,
-                                    seed=seed, progress=False, log_interval=10**9)
+                                    seed=seed, progress=False, log_interval=10**9, jit=args.jit)
             for h in result.history:
                 curves.append({"estimator": name, "seed": seed, "epoch": h["epoch"], "step": h["step"],
                                "seconds": h["total_train_seconds"], "test_elbo": h["test_elbo"],

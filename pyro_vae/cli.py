@@ -76,7 +76,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--stochastic-layers", type=int, default=None, help="hierarchical: number of latent layers")
     p.add_argument("--num-particles", type=int, default=1,
                    help="samples per datapoint per step (K for --elbo iwae)")
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS))
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {epochs}; "
@@ -90,6 +90,10 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="hold out the last N training points as a validation set: valid_elbo each epoch and "
                         "best.pt, the checkpoint with the best one (binarized-mnist has its own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--jit", action="store_true",
+                   help="compile the loss with torch.jit.trace (static pairs; checked against the eager loss first)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the networks (optional MODE: reduce-overhead uses CUDA graphs, max-autotune)")
     _add_data_args(p)
 
 
@@ -160,7 +164,7 @@ def _model_config(args, dataset) -> dict:
     return config
 
 
-CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress")
+CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "jit", "compile")
 """Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
 
 
@@ -178,7 +182,7 @@ def _run_training(args, dataset, device, elbo: str, out) -> tuple:
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
         seed=args.seed, out=out, overwrite=args.overwrite, config=config, progress=not args.no_progress,
         resume=getattr(args, "resume", None) is not None, checkpoint_every=getattr(args, "checkpoint_every", 0),
-        nonfinite_backoff=getattr(args, "nonfinite_backoff", None),
+        nonfinite_backoff=getattr(args, "nonfinite_backoff", None), jit=args.jit, compile=args.compile,
     )
     return vae, result
 
@@ -206,6 +210,7 @@ def _resume_args(args) -> argparse.Namespace:
         if getattr(args, key) is not None:
             setattr(resumed, key, getattr(args, key))
     resumed.download, resumed.no_progress = args.download, args.no_progress
+    resumed.jit, resumed.compile = args.jit, args.compile  # speed only: the same numbers either way
     resumed.resume, resumed.out, resumed.overwrite, resumed.command = run, str(run), False, "train"
     return resumed
 

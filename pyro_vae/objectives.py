@@ -25,8 +25,10 @@ Two modifications of the KL term for any pair, outside the table:
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro.distributions as dist
+import pyro.ops.jit
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -37,7 +39,7 @@ from torch.distributions import kl_divergence
 from .importance import sample_sites, guess_max_plate_nesting, log_importance_weights
 from .names import unknown_name
 
-__all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "get_elbo", "scale_latents"]
+__all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "JitELBO", "get_elbo", "scale_latents"]
 
 ELBO_NAMES = ("trace", "meanfield", "iwae")
 
@@ -184,7 +186,102 @@ class FreeBitsELBO(_LossFromDifferentiableLoss):
         return loss / self.num_particles
 
 
-def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None) -> ELBO:
+def _traceable_loss(elbo: ELBO, model, guide):
+    """``elbo``'s differentiable loss as a function of the pair's arguments, in a form that
+    ``torch.jit.trace`` records faithfully. ``Trace_ELBO`` (and so ``TraceMeanField_ELBO``) forms
+    the loss's value with ``.item()``, which a trace keeps as a constant: the recorded value would
+    drift from the true one as training goes. Here the value is a tensor (the surrogate, whose
+    gradient Pyro uses, added with zero value)."""
+    if not isinstance(elbo, Trace_ELBO):
+        return lambda *args, **kwargs: elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+    def loss(*args, **kwargs):
+        total = 0.0
+        for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+            surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)[1]
+            if isinstance(elbo, TraceMeanField_ELBO):  # fully reparameterized: value == surrogate
+                value = surrogate.detach()
+            else:  # score-function terms make the surrogate's value differ from the loss
+                value = (guide_trace.log_prob_sum() - model_trace.log_prob_sum()).detach()
+            total = total + (value + (surrogate - surrogate.detach())) / elbo.num_particles
+        return total
+
+    return loss
+
+
+class JitELBO(_LossFromDifferentiableLoss):
+    """Any objective above with its loss compiled by ``torch.jit.trace`` (``pyro.ops.jit.trace``).
+
+    The Python work of a step (Pyro's effect handlers, trace bookkeeping, distribution objects)
+    runs once, when the loss is traced; later steps run the recorded graph, which still draws
+    fresh noise (the random ops are part of the graph). One graph is recorded per pair and per
+    shape, dtype and device of the tensor arguments, so the last, smaller minibatch of an epoch
+    gets its own. Pyro's ``JitTrace_ELBO`` does the same for ``Trace_ELBO``; this class also
+    covers ``TraceMeanField_ELBO`` (Pyro 1.9's ``JitTraceMeanField_ELBO`` rebuilds its compiled
+    closure at every call, so it re-traces every step) and :class:`IWAE_ELBO`.
+
+    Only for pairs with static structure: the same sites, shapes and Python control flow at
+    every call, tensors passed as positional arguments, nothing read from global state but the
+    param store. Anything else is baked into the graph as a constant (a KL warm-up factor, for
+    instance). :meth:`compile` checks the compiled loss against the eager one at the same RNG
+    state, so a pair that traces differently is refused rather than trained wrongly.
+
+    Args:
+        elbo: the eager objective (from :func:`get_elbo`).
+    """
+
+    def __init__(self, elbo: ELBO):
+        super().__init__(num_particles=elbo.num_particles)
+        self.elbo = elbo
+        self.compiled: dict = {}
+
+    def _compiled(self, model, guide, args):
+        key = (model, guide) + tuple(  # bound methods of one object compare (and hash) equal
+            (tuple(a.shape), a.dtype, str(a.device)) if isinstance(a, torch.Tensor) else type(a) for a in args)
+        if key not in self.compiled:
+            self.compiled[key] = pyro.ops.jit.trace(_traceable_loss(self.elbo, model, guide), ignore_warnings=True)
+        return self.compiled[key]
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The wrapped objective's loss, from the graph recorded for these argument shapes."""
+        fn = self._compiled(model, guide, args)
+        if fn.compiled:
+            return fn(*args, **kwargs)
+        with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit.trace deprecated; it still works
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* deprecated", category=FutureWarning)
+            return fn(*args, **kwargs)
+
+    def compile(self, model, guide, *args, check: tuple | None = None, rtol: float = 1e-4, **kwargs) -> None:
+        """Record the graph for the shapes of ``args`` now, without drawing from the RNGs, then
+        check it: the compiled and the eager loss on ``check`` (other arguments of the same
+        shapes, e.g. another minibatch; default ``args``), at one RNG state that differs from
+        the recording's, must agree to ``rtol``. A value the trace froze (a Python number taken
+        from the data or from a random draw) shows up as a difference.
+
+        Raises:
+            ValueError: the compiled loss differs from the eager one (the pair's structure or
+                constants depend on its input or on global state: train it without jit).
+        """
+        check = args if check is None else tuple(check)
+        devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
+        with torch.random.fork_rng(devices=devices):
+            self.differentiable_loss(model, guide, *args, **kwargs)  # records the graph (with autograd)
+            state = torch.random.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+            eager = self.elbo.differentiable_loss(model, guide, *check, **kwargs).detach()
+            torch.random.set_rng_state(state[0])
+            for d, s in zip(devices, state[1]):
+                torch.cuda.set_rng_state(s, d)
+            compiled = self.differentiable_loss(model, guide, *check, **kwargs).detach()
+        if not torch.allclose(compiled, eager, rtol=rtol, atol=0.0):
+            raise ValueError(
+                f"the compiled (jit) loss {float(compiled):.6g} differs from the eager loss {float(eager):.6g} at "
+                f"the same random state: the pair's structure or constants depend on its input or on global "
+                f"state (a Python number taken from a tensor, a branch on the data), which torch.jit.trace "
+                f"records once; train it without jit")
+
+
+def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
+             jit: bool = False) -> ELBO:
     """The objective called ``name`` (see :data:`ELBO_NAMES`) with ``num_particles`` samples.
 
     ``max_plate_nesting``: the pair's plate depth (see
@@ -194,8 +291,11 @@ def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plat
     Particles are vectorized. For ``trace`` and ``meanfield`` the ``K`` particles are averaged
     (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound.
     ``free_bits > 0`` (nats per latent dimension) gives :class:`FreeBitsELBO`, for ``meanfield``
-    only (it needs the per-dimension analytic KL).
+    only (it needs the per-dimension analytic KL). ``jit=True`` wraps the objective in
+    :class:`JitELBO` (static pairs only; give ``max_plate_nesting``).
     """
+    if jit:
+        return JitELBO(get_elbo(name, num_particles, free_bits, max_plate_nesting))
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     nesting = float("inf") if max_plate_nesting is None else max_plate_nesting

@@ -40,7 +40,6 @@ from pathlib import Path
 import pyro
 import pyro.optim
 import torch
-from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
 from . import distributed as dist
@@ -52,12 +51,11 @@ from .importance import guess_max_plate_nesting
 from .generate import reconstruct, sample_prior
 from .objectives import get_elbo, scale_latents
 from .plots import plot_elbo_curves, save_image_grid
-from .names import unknown_name
+from .optim import OPTIMIZERS, make_optimizer, scale_learning_rate
 
 __all__ = ["OPTIMIZERS", "RUN_FILES", "NonFiniteLossError", "TrainResult", "TrainingInterrupted",
            "make_optimizer", "train"]
 
-OPTIMIZERS = ("adam", "adagrad")
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
 """Files every run folder gets (plus ``best.pt`` with a validation set, and PNGs for images)."""
 
@@ -115,26 +113,6 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def make_optimizer(name: str, lr: float) -> pyro.optim.PyroOptim:
-    """A Pyro optimizer by name (``adam`` or ``adagrad``) with learning rate ``lr``."""
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"learning rate must be positive, got {lr}")
-    if name == "adam":
-        return pyro.optim.Adam({"lr": lr})
-    if name == "adagrad":
-        return pyro.optim.Adagrad({"lr": lr})
-    raise unknown_name("optimizer", name, OPTIMIZERS)
-
-
-def _scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:
-    """Multiply the learning rate of every parameter's optimizer (and of those still to come)."""
-    for opt in optim.optim_objs.values():
-        for group in opt.param_groups:
-            group["lr"] *= factor
-    if isinstance(optim.pt_optim_args, dict) and "lr" in optim.pt_optim_args:
-        optim.pt_optim_args = {**optim.pt_optim_args, "lr": optim.pt_optim_args["lr"] * factor}
-
-
 class _Loss(torch.nn.Module):
     """The ELBO of a pair as a ``torch.nn.Module`` (the counterpart of Pyro's ``ELBOModule``
     for pairs that are methods of an ``nn.Module``), so that ``DistributedDataParallel`` can
@@ -158,14 +136,25 @@ def _svi_step(loss_fn, optim, x, *args, grad_scale: float = 1.0):
     with pyro.poutine.trace(param_only=True) as capture:
         loss = loss_fn(x, *args)
         (loss * grad_scale if grad_scale != 1.0 else loss).backward()
-    params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-    finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.stack(norms).sum() if norms else loss.detach())
+    # one entry per tensor (a module registered under two names appears twice), as in Pyro's SVI
+    params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = torch.isfinite(loss.detach())
+    if grads:
+        finite = finite & torch.isfinite(_total_norm(grads))
     applied = dist.all_true(finite)
     if applied:
         optim(params)
-    zero_grads(set(params))
+    for p in params:
+        p.grad = None
     return loss.detach(), applied
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together, in one fused pass where torch has it (>= 2.6)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.stack([g.detach().norm() for g in grads]).norm()
 
 
 def _sync(device: torch.device) -> None:
@@ -336,6 +325,8 @@ def train(
     progress: bool = True,
     clear_params: bool = True,
     module: torch.nn.Module | None = None,
+    jit: bool = False,
+    compile: bool | str = False,
 ) -> TrainResult:
     """Train a model/guide pair with SVI.
 
@@ -353,7 +344,8 @@ def train(
             ``min(1, step / N)`` for step ``1, 2, ...`` (KL warm-up); not with ``iwae``.
         free_bits: nats per latent dimension for :class:`~pyro_vae.objectives.FreeBitsELBO`
             (``meanfield`` only); 0 is off.
-        optimizer, lr: ``adam`` or ``adagrad`` and its learning rate; or a ``PyroOptim``
+        optimizer, lr: ``adam`` or ``adagrad`` and its learning rate (one fused torch optimizer
+            over all parameters: :class:`~pyro_vae.optim.FusedOptim`); or a ``PyroOptim``
             instance (``lr`` is then ignored), which keeps its state across calls, e.g. for a
             learning-rate schedule run as several ``train(..., clear_params=False, seed=None)``.
         batch_size: datapoints per SVI step; each epoch visits every training point once. Under
@@ -381,8 +373,15 @@ def train(
         progress: show a progress bar.
         clear_params: clear Pyro's param store first, so the nets start from their own
             initial weights rather than from a previous run's stored values.
-        module: the ``nn.Module`` holding the pair's networks, for distributed training, when
-            model and guide are not methods of one module.
+        module: the ``nn.Module`` holding the pair's networks, for distributed training and
+            ``compile``, when model and guide are not methods of one module.
+        jit: compile the loss with ``torch.jit.trace`` (:class:`~pyro_vae.objectives.JitELBO`):
+            Pyro's Python work runs once instead of every step. For pairs with static structure;
+            checked against the eager loss before the first step. Not with ``kl_warmup_steps``.
+        compile: ``torch.compile`` each network of the pair (the module's children) in place
+            for the run, Pyro's bookkeeping staying eager; ``True`` or a ``torch.compile`` mode
+            (``"reduce-overhead"`` uses CUDA graphs, ``"max-autotune"``). Needs a C++ compiler on
+            the CPU (Triton on CUDA). Same parameter names, so checkpoints are unchanged.
 
     Returns:
         :class:`TrainResult` with the per-epoch history (earlier epochs included on resume).
@@ -411,6 +410,9 @@ def train(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if kl_warmup_steps < 0 or checkpoint_every < 0:
         raise ValueError("kl_warmup_steps and checkpoint_every must be >= 0")
+    if jit and kl_warmup_steps:
+        raise ValueError("jit=True with kl_warmup_steps: torch.jit.trace would record the warm-up factor as a "
+                         "constant; train with KL warm-up without jit")
     if kl_warmup_steps and elbo == "iwae":
         raise ValueError("KL warm-up scales the latent sites only, which has no importance-weighted "
                          "analogue: use elbo 'trace' or 'meanfield' with kl_warmup_steps")
@@ -428,14 +430,14 @@ def train(
     device = data.device
     if clear_params:
         pyro.clear_param_store()
-    objective = get_elbo(elbo, num_particles, free_bits, _check_pair(model, guide, data, elbo, labels))
+    objective = get_elbo(elbo, num_particles, free_bits, _check_pair(model, guide, data, elbo, labels), jit=jit)
     settings = dict(
         elbo=elbo, num_particles=num_particles, labels=labels, kl_warmup_steps=kl_warmup_steps,
         free_bits=free_bits, optimizer=optimizer, lr=lr, batch_size=batch_size,
         epochs=epochs, seed=seed, dataset=data.name, num_train=num_train,
         num_test=None if data.test is None else data.test.shape[0],
         num_valid=None if data.valid is None else data.valid.shape[0],
-        checkpoint_every=checkpoint_every, device=str(device), world_size=world,
+        checkpoint_every=checkpoint_every, device=str(device), world_size=world, jit=jit, compile=compile,
     )
     full_config = {**(config or {}), **settings}
     result = TrainResult()
@@ -474,6 +476,11 @@ def train(
         warmup = lambda: min(1.0, (pos.step + 1) / kl_warmup_steps)  # noqa: E731  read at each step
         step_model, step_guide = scale_latents(model, warmup), scale_latents(guide, warmup)
     loss_fn = _Loss(_owner_module(model, guide, module), objective, step_model, step_guide)
+    steps_per_epoch = math.ceil(num_train / batch_size)
+    if world > 1 and num_train % batch_size and num_train % batch_size < world:
+        steps_per_epoch -= 1  # a last batch smaller than the number of processes is dropped
+    if jit:
+        _compile_jit(objective, step_model, step_guide, data, labels, batch_size, steps_per_epoch, world, rank)
     if world > 1:
         loss_fn = _ddp_loss(loss_fn, device)
 
@@ -488,13 +495,11 @@ def train(
             skipped_steps=result.skipped_steps, best_valid_elbo=best_valid, finished=pos.epoch >= epochs, **extra)
 
     writer = _tensorboard_writer(out)
-    steps_per_epoch = math.ceil(num_train / batch_size)
-    if world > 1 and num_train % batch_size and num_train % batch_size < world:
-        steps_per_epoch -= 1  # a last batch smaller than the number of processes is dropped
     # Pyro's per-step argument validation is off in the loop (about 1 ms a step on the CPU; a host
     # sync per distribution on a GPU): check_model_guide has validated the pair, and a non-finite
     # loss or gradient is still caught at its step.
-    with _stop_on_signals(enabled=True) as stop, pyro.validation_enabled(False):
+    with _stop_on_signals(enabled=True) as stop, pyro.validation_enabled(False), \
+            _compiled_networks(_owner_module(model, guide, module), compile):
         while pos.epoch < epochs:
             epoch = pos.epoch + 1
             _sync(device)
@@ -589,6 +594,42 @@ def train(
     return result
 
 
+def _compile_jit(objective, model, guide, data: Dataset, labels: bool, batch_size: int, steps_per_epoch: int,
+                 world: int, rank: int) -> None:
+    """Record the jit graphs of every minibatch shape this process will see (the full one and
+    the last, smaller one) before the first step, so that recording draws no random numbers
+    inside the run (a resumed run stays bitwise equal) and the loss is checked first."""
+    last = min(batch_size, data.train.shape[0] - (steps_per_epoch - 1) * batch_size)
+    for size in sorted({batch_size, last}):
+        n = len(torch.arange(size).tensor_split(world)[rank]) if world > 1 else size
+        batches = []
+        for part in (slice(0, n), slice(-n, None)):  # record on the first n points, check on the last n
+            x = data.train[part]
+            x = (x > 0.5).to(x.dtype) if data.binarize else x
+            batches.append((x, data.train_labels[part]) if labels else (x,))
+        objective.compile(model, guide, *batches[0], check=batches[1])
+
+
+@contextmanager
+def _compiled_networks(module: torch.nn.Module | None, mode: bool | str):
+    """``torch.compile`` every child module of the pair's ``module`` in place for the duration."""
+    if not mode:
+        yield
+        return
+    if module is None:
+        raise ValueError("compile=True needs the nn.Module holding the pair's networks: make model and guide "
+                         "methods of one nn.Module (as the shipped pairs are) or pass module=...")
+    children = list(module.children())
+    previous = [child._compiled_call_impl for child in children]
+    for child in children:
+        child.compile(**({} if mode is True else {"mode": mode}))
+    try:
+        yield
+    finally:
+        for child, impl in zip(children, previous):
+            child._compiled_call_impl = impl
+
+
 def _resume_state(path: Path, model, guide, data: Dataset, labels: bool, settings: dict) -> dict:
     """Load a checkpoint into the pair for resuming, after checking that it can be resumed."""
     x = data.test[:2] if data.test is not None else data.train[:2]
@@ -617,7 +658,7 @@ def _nonfinite(loss, pos: _Position, epoch: int, b: int, result: TrainResult, op
         raise NonFiniteLossError(
             f"non-finite loss or gradient at {where}{why}: loss {float(loss)}; the step was not applied{kept}. "
             "Lower the learning rate, or pass nonfinite_backoff (--nonfinite-backoff) to skip such steps")
-    _scale_learning_rate(optim, backoff)
+    scale_learning_rate(optim, backoff)
     factor = backoff ** (len(result.skipped_steps) + 1)
     result.skipped_steps.append({"step": pos.step + 1, "epoch": epoch, "lr_factor": factor})
     tqdm.write(f"non-finite loss or gradient at {where}: step skipped, learning rate now x{factor:g}")

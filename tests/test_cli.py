@@ -85,9 +85,10 @@ def test_zoo_model_from_the_cli_then_latent_pictures(data_root, tmp_path):
     run = tmp_path / "cvae"
     run_cli("train", "--model", "conditional", "--num-train", "500", "--num-test", "60", "--epochs", "1",
             "--latent-dim", "2", "--hidden-dim", "50", "--beta", "2", "--out", str(run), "--no-progress",
-            "--device", "cpu", "--data-dir", str(data_root))
+            "--device", "cpu", "--jit", "--data-dir", str(data_root))
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "conditional" and config["model_config"]["beta"] == 2.0 and config["labels"]
+    assert config["jit"] is True
     proc = run_cli("latent", str(run), "--num-test", "40", "--num-samples", "10", "--data-dir", str(data_root))
     for name in ("interpolation", "traversal", "anomalies"):
         assert (run / "latent" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name

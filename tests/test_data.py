@@ -1,6 +1,5 @@
 """Loaders on the real files: shapes, value ranges, label counts, binarization, the data root."""
 
-import shutil
 
 import numpy as np
 import pytest

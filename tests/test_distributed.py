@@ -55,6 +55,12 @@ def test_two_process_training_matches_one_process_and_resumes_exactly(data_root,
     assert all(torch.equal(expected["params"][k], got["params"][k]) for k in expected["params"])
     assert metrics(tmp_path / "resumed")[1]["test_elbo"] == ddp[1]["test_elbo"]
 
+    # the jit path under DDP: the same epoch up to float rounding
+    run("train", *TRAIN, "--epochs", "1", "--jit", "--out", str(tmp_path / "jit"), processes=2)
+    jit = metrics(tmp_path / "jit")[0]
+    assert jit["train_elbo"] == pytest.approx(ddp[0]["train_elbo"], abs=1e-2)
+    assert jit["test_elbo"] == pytest.approx(ddp[0]["test_elbo"], abs=1e-2)
+
 
 def test_sharded_evaluation_equals_one_process(data_root, tmp_path):
     run("train", *TRAIN, "--epochs", "1", "--out", str(tmp_path / "run"))

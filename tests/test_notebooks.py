@@ -1,6 +1,5 @@
 """Every notebook in notebooks/ runs top to bottom in quick mode (PYRO_VAE_QUICK=1) with nbclient."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -244,7 +244,7 @@ def test_cli_sigterm_kill9_full_disk_and_resume(data_root, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert f"interrupted by SIGTERM" in stderr and f"resume with: pyro-vae train --resume {tmp_path / 'term'}" in stderr
+    assert "interrupted by SIGTERM" in stderr and f"resume with: pyro-vae train --resume {tmp_path / 'term'}" in stderr
     stopped = read_checkpoint(tmp_path / "term" / "checkpoint.pt")
     assert not stopped["finished"] and stopped["step"] > 0
 

@@ -1,0 +1,221 @@
+"""The fast paths give the eager path's numbers: jit (JitELBO), torch.compile, the fused optimizer.
+
+Real MNIST, real Pyro inference; each fast path is compared with the eager one at the same seeds.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae import VAE, train
+from pyro_vae.objectives import JitELBO, get_elbo
+from pyro_vae.optim import FusedOptim, make_optimizer, scale_learning_rate
+from pyro_vae.training import _Loss, _svi_step
+
+PARTICLES = {"trace": 1, "meanfield": 1, "iwae": 5}
+
+
+def params():
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def run_steps(objective, optim, batches, seed=1):
+    """SVI steps of a fresh VAE (seed 0 weights) through train()'s own step; losses and final params."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = VAE(784, latent_dim=5, hidden_dim=64)
+    if isinstance(objective, JitELBO):
+        for x in {tuple(b.shape): b for b in batches}.values():
+            objective.compile(vae.model, vae.guide, x)
+    loss_fn = _Loss(vae, objective, vae.model, vae.guide)
+    pyro.set_rng_seed(seed)
+    with pyro.validation_enabled(False):
+        losses = [float(_svi_step(loss_fn, optim, x)[0]) for x in batches]
+    return losses, params()
+
+
+@pytest.fixture
+def batches(mnist):
+    x = torch.bernoulli(mnist.train[:200], generator=torch.Generator().manual_seed(0))
+    return [x[:64], x[64:128], x[128:164], x[164:]]  # two shapes, as full and last minibatches
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield", "iwae"])
+def test_jit_steps_equal_eager_steps(elbo, batches):
+    k = PARTICLES[elbo]
+    eager_losses, eager = run_steps(get_elbo(elbo, k, max_plate_nesting=1), make_optimizer("adam", 1e-2), batches)
+    jit = get_elbo(elbo, k, max_plate_nesting=1, jit=True)
+    jit_losses, compiled = run_steps(jit, make_optimizer("adam", 1e-2), batches)
+    # the recorded graph draws the same noise as the eager code: equal up to float rounding
+    assert jit_losses == pytest.approx(eager_losses, rel=1e-5)
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5)
+    # one graph per argument shape, recorded once: no re-tracing at later steps
+    assert len(jit.compiled) == 2
+    assert all(len(fn.compiled) == 1 for fn in jit.compiled.values())
+
+
+def test_jit_loss_value_follows_training(batches):
+    """Pyro's Trace_ELBO forms its value with .item(), which a trace would freeze: ours does not."""
+    vae = VAE(784, latent_dim=5, hidden_dim=64)
+    eager = get_elbo("meanfield", max_plate_nesting=1)
+    jit = JitELBO(eager)
+    jit.compile(vae.model, vae.guide, batches[0])
+    loss_fn = _Loss(vae, jit, vae.model, vae.guide)
+    optim = make_optimizer("adam", 5e-2)
+    losses = [float(_svi_step(loss_fn, optim, batches[0])[0]) for _ in range(15)]
+    values = []
+    for objective in (eager, jit):
+        pyro.set_rng_seed(3)
+        values.append(objective.differentiable_loss(vae.model, vae.guide, batches[0]).item())
+    assert losses[-1] < 0.8 * losses[0]  # training moved the loss a lot ...
+    assert values[1] == pytest.approx(values[0], rel=1e-5)  # ... and the graph's value moved with it
+
+
+class DataScaledPair(nn.Module):
+    """A pair that takes a Python number from its input: torch.jit.trace would freeze it."""
+
+    def __init__(self):
+        super().__init__()
+        self.vae = VAE(784, latent_dim=3, hidden_dim=16)
+
+    def model(self, x):
+        with pyro.poutine.scale(scale=float(x.mean())):
+            self.vae.model(x)
+
+    def guide(self, x):
+        with pyro.poutine.scale(scale=float(x.mean())):
+            self.vae.guide(x)
+
+
+def test_jit_refuses_a_pair_whose_constants_depend_on_the_data(mnist):
+    pair = DataScaledPair()
+    data = mnist.subset(num_train=300, num_test=50)
+    with pytest.raises(ValueError, match=r"compiled \(jit\) loss .* differs from the eager loss .* train it without jit"):
+        train(pair.model, pair.guide, data, batch_size=100, jit=True, progress=False)
+    train(pair.model, pair.guide, data, batch_size=100, progress=False)  # eager is fine
+
+
+def test_jit_with_kl_warmup_is_refused(mnist):
+    vae = VAE(784, latent_dim=3, hidden_dim=16)
+    with pytest.raises(ValueError, match="warm-up factor as a constant"):
+        train(vae.model, vae.guide, mnist.subset(num_train=200), kl_warmup_steps=10, jit=True, progress=False)
+
+
+@pytest.mark.parametrize("options", [{"jit": True}, {"compile": True}], ids=["jit", "compile"])
+def test_train_fast_paths_equal_eager(options, mnist):
+    data = mnist.subset(num_train=1050, num_test=500)  # 11 steps of 100, the last one of 50
+
+    def run(**kw):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = VAE(784, latent_dim=5, hidden_dim=64)
+        result = train(vae.model, vae.guide, data, elbo="meanfield", epochs=2, progress=False, **kw)
+        return result, params(), vae
+
+    eager, eager_params, _ = run()
+    fast, fast_params, vae = run(**options)
+    for e, f in zip(eager.history, fast.history):
+        assert f["train_elbo"] == pytest.approx(e["train_elbo"], abs=1e-3)
+        assert f["test_elbo"] == pytest.approx(e["test_elbo"], abs=1e-3)
+    for name in eager_params:
+        torch.testing.assert_close(fast_params[name], eager_params[name], rtol=1e-4, atol=1e-5)
+    assert all(m._compiled_call_impl is None for m in vae.children())  # compile is undone after the run
+
+
+def test_jit_resume_is_bitwise_equal(mnist, tmp_path):
+    data = mnist.subset(num_train=500, num_test=50)
+
+    def run(out, epochs, resume=False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(123)  # a different RNG state: the checkpoint must restore everything
+        vae = VAE(784, latent_dim=3, hidden_dim=32)
+        train(vae.model, vae.guide, data, batch_size=100, epochs=epochs, out=out, resume=resume, jit=True,
+              seed=0, progress=False)
+        return params()
+
+    straight = run(tmp_path / "a", 2)
+    run(tmp_path / "b", 1)
+    resumed = run(tmp_path / "b", 2, resume=True)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_fused_optim_is_pyro_adam_in_one_optimizer(batches):
+    objective = get_elbo("trace", max_plate_nesting=1)
+    _, per_param = run_steps(objective, pyro.optim.Adam({"lr": 1e-2}), batches)
+    # torch's single-tensor implementation over all parameters: bitwise Pyro's per-parameter Adam
+    _, single = run_steps(objective, FusedOptim(torch.optim.Adam, {"lr": 1e-2, "foreach": False}), batches)
+    assert all(torch.equal(single[k], per_param[k]) for k in per_param)
+    # the default (fused kernel): the same update up to float rounding
+    optim = make_optimizer("adam", 1e-2)
+    _, fused = run_steps(objective, optim, batches)
+    group = optim.optimizer.param_groups[0]  # one optimizer over every parameter of the pair
+    assert group["fused"] is True and len(group["params"]) == len(list(pyro.get_param_store().keys())) == 10
+    for k in per_param:
+        torch.testing.assert_close(fused[k], per_param[k], rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_states_load_across_fused_and_per_parameter(batches):
+    objective = get_elbo("trace", max_plate_nesting=1)
+    single = lambda: FusedOptim(torch.optim.Adam, {"lr": 1e-2, "foreach": False})  # noqa: E731
+
+    def two_halves(first, second):
+        optim = first()
+        run_steps(objective, optim, batches[:2])
+        state = {name: value for name, value in optim.get_state().items()}
+        halfway = params()
+        resumed = second()
+        resumed.set_state(state)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = VAE(784, latent_dim=5, hidden_dim=64)
+        loss_fn = _Loss(vae, objective, vae.model, vae.guide)
+        vae.model(batches[0]), vae.guide(batches[0])
+        with torch.no_grad():
+            for name, p in pyro.get_param_store().named_parameters():
+                p.copy_(halfway[name])
+        pyro.set_rng_seed(7)
+        for x in batches[2:]:
+            _svi_step(loss_fn, resumed, x)
+        return params()
+
+    straight = two_halves(lambda: pyro.optim.Adam({"lr": 1e-2}), lambda: pyro.optim.Adam({"lr": 1e-2}))
+    for first, second in ((lambda: pyro.optim.Adam({"lr": 1e-2}), single), (single, lambda: pyro.optim.Adam({"lr": 1e-2}))):
+        crossed = two_halves(first, second)
+        assert all(torch.equal(straight[k], crossed[k]) for k in straight)
+
+
+def test_scale_learning_rate_reaches_the_fused_optimizer(batches):
+    optim = make_optimizer("adagrad", 0.1)
+    run_steps(get_elbo("trace", max_plate_nesting=1), optim, batches[:1])
+    scale_learning_rate(optim, 0.5)
+    assert optim.optimizer.param_groups[0]["lr"] == 0.05 and optim.pt_optim_args["lr"] == 0.05
+    assert isinstance(optim.optimizer, torch.optim.Adagrad)
+
+
+def test_a_module_registered_twice_is_stepped_once(batches):
+    """Pyro's SVI steps each tensor once even when two names share it; so does train()'s step."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(784))
+
+        def model(self, x):
+            pyro.module("m", self)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Bernoulli(logits=self.w).to_event(1), obs=x)
+
+        def guide(self, x):
+            pyro.module("g", self)
+
+    pair = Shared()
+    optim = pyro.optim.SGD({"lr": 1e-3})
+    loss_fn = _Loss(pair, get_elbo("trace", max_plate_nesting=1), pair.model, pair.guide)
+    x = batches[0]
+    expected = x.sum(0) - x.shape[0] * torch.sigmoid(torch.zeros(784))  # d log p / d w at w = 0
+    _svi_step(loss_fn, optim, x)
+    torch.testing.assert_close(pair.w.detach(), 1e-3 * expected)
