@@ -35,6 +35,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
 import pyro_vae  # noqa: E402
@@ -67,6 +68,7 @@ def plot_figure2(rows, dataset: str, path: Path) -> None:
         ax.plot(seen, [r["train_elbo"] for r in mine], "-", color="C0", label="AEVB (train)")
         ax.plot(seen, [r["test_elbo"] for r in mine], "--", color="C0", label="AEVB (test)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on short ranges
         ax.set_title(f"{dataset}, $N_z$ = {dim}", fontsize=9)
         ax.set_xlabel("# training samples evaluated", fontsize=8)
         ax.grid(alpha=0.3, which="both")

@@ -190,8 +190,9 @@ def _traceable_loss(elbo: ELBO, model, guide):
     """``elbo``'s differentiable loss as a function of the pair's arguments, in a form that
     ``torch.jit.trace`` records faithfully. ``Trace_ELBO`` (and so ``TraceMeanField_ELBO``) forms
     the loss's value with ``.item()``, which a trace keeps as a constant: the recorded value would
-    drift from the true one as training goes. Here the value is a tensor (the surrogate, whose
-    gradient Pyro uses, added with zero value)."""
+    drift from the true one as training goes. Here the value is formed from tensors (the
+    log-densities; for the fully reparameterized mean-field ELBO, the surrogate itself) and the
+    gradient is the surrogate's, added as ``surrogate - surrogate.detach()`` (zero in value)."""
     if not isinstance(elbo, Trace_ELBO):
         return lambda *args, **kwargs: elbo.differentiable_loss(model, guide, *args, **kwargs)
 
