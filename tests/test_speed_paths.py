@@ -165,15 +165,14 @@ def test_optimizer_states_load_across_fused_and_per_parameter(batches):
     def two_halves(first, second):
         optim = first()
         run_steps(objective, optim, batches[:2])
-        state = {name: value for name, value in optim.get_state().items()}
         halfway = params()
         resumed = second()
-        resumed.set_state(state)
+        resumed.set_state(optim.get_state())
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         vae = VAE(784, latent_dim=5, hidden_dim=64)
         loss_fn = _Loss(vae, objective, vae.model, vae.guide)
-        vae.model(batches[0]), vae.guide(batches[0])
+        vae.model(batches[0]), vae.guide(batches[0])  # registers the parameters in the param store
         with torch.no_grad():
             for name, p in pyro.get_param_store().named_parameters():
                 p.copy_(halfway[name])
