@@ -7,10 +7,15 @@ a *loss* is its negative, as Pyro's ELBO classes return it.
 =========  ============================  ==============================================
 name       class                         estimator of the per-datapoint bound
 =========  ============================  ==============================================
-trace      ``pyro.infer.Trace_ELBO``     Monte Carlo KL: log p(x,z) - log q(z|x), z ~ q
-meanfield  ``TraceMeanField_ELBO``       analytic KL(q || p) where it exists
+trace      :class:`Trace_ELBO`           Monte Carlo KL: log p(x,z) - log q(z|x), z ~ q
+meanfield  :class:`TraceMeanField_ELBO`  analytic KL(q || p) where it exists
 iwae       :class:`IWAE_ELBO`            log (1/K) sum_k w_k  (Burda et al. 2015)
 =========  ============================  ==============================================
+
+``Trace_ELBO`` and ``TraceMeanField_ELBO`` here are Pyro's classes (subclasses, same estimators,
+same gradients) whose loss stays a device tensor: Pyro's read every site's log-density to the
+host with ``.item()`` and check the loss for NaN in the forward and backward pass, up to seven
+host syncs per step on a GPU.
 
 Two modifications of the KL term for any pair, outside the table:
 
@@ -24,31 +29,34 @@ Two modifications of the KL term for any pair, outside the table:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
 import pyro.distributions as dist
+import pyro.infer
 import pyro.ops.jit
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import torch_item
+from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.infer import ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
 from .importance import sample_sites, guess_max_plate_nesting, log_importance_weights
 from .names import unknown_name
 
-__all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "JitELBO", "get_elbo", "scale_latents"]
+__all__ = ["ELBO_NAMES", "FreeBitsELBO", "IWAE_ELBO", "JitELBO", "TraceMeanField_ELBO", "Trace_ELBO", "get_elbo",
+           "scale_latents"]
 
 ELBO_NAMES = ("trace", "meanfield", "iwae")
 
 
-class _LossFromDifferentiableLoss(ELBO):
-    """Pyro's ``loss``/``loss_and_grads`` for ELBOs that define only ``differentiable_loss``."""
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError(f"{type(self).__name__} computes its loss in differentiable_loss")
+class _ValueFromDifferentiableLoss:
+    """Pyro's ``loss``/``loss_and_grads`` (numbers, for ``pyro.infer.SVI``) from
+    ``differentiable_loss`` (a device tensor, what :func:`pyro_vae.train` calls)."""
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
@@ -58,6 +66,84 @@ class _LossFromDifferentiableLoss(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return torch_item(loss)
+
+
+class _LossFromDifferentiableLoss(_ValueFromDifferentiableLoss, ELBO):
+    """An ELBO that defines only ``differentiable_loss``."""
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError(f"{type(self).__name__} computes its loss in differentiable_loss")
+
+
+class Trace_ELBO(_ValueFromDifferentiableLoss, pyro.infer.Trace_ELBO):
+    """Pyro's ``Trace_ELBO`` (the same estimator and gradients, score-function terms included)
+    with the loss kept on the device: ``differentiable_loss`` reads nothing to the host.
+
+    Its value is ``-(log p(x, z) - log q(z | x))`` summed over the batch (scaled as the sites
+    are), averaged over the particles; its gradient is that of Pyro's surrogate loss.
+    """
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        """``(loss, surrogate loss)`` of one particle, both tensors (Pyro's reads the first with
+        ``.item()``, one host sync per site)."""
+        elbo, surrogate, log_r = 0.0, 0.0, None
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + site["log_prob_sum"]
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            _, score_function_term, entropy_term = site["score_parts"]
+            elbo = elbo - site["log_prob_sum"]
+            if not is_identically_zero(entropy_term):
+                surrogate = surrogate - entropy_term.sum()
+            if not is_identically_zero(score_function_term):
+                if log_r is None:
+                    log_r = _compute_log_r(model_trace, guide_trace)
+                surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+        return -torch.as_tensor(elbo).detach(), -surrogate
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The loss (value) with the surrogate's gradient, as a device tensor, no host sync."""
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            value, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
+            # the surrogate's value differs from the loss where score-function terms enter
+            loss = loss + (value + (surrogate - surrogate.detach())) / self.num_particles
+        return loss
+
+
+class TraceMeanField_ELBO(Trace_ELBO, pyro.infer.TraceMeanField_ELBO):
+    """Pyro's ``TraceMeanField_ELBO`` (the analytic KL(q || p) of each latent site where torch
+    has it, the one-sample estimate otherwise; guides fully reparameterized) with the loss kept
+    on the device, as :class:`Trace_ELBO`."""
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        """``(loss, surrogate loss)`` of one particle: the same tensor, detached and not."""
+        elbo = 0.0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                elbo = elbo + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            if is_validation_enabled():
+                check_fully_reparametrized(guide_site)
+            try:
+                kl = scale_and_mask(kl_divergence(guide_site["fn"], model_site["fn"]),
+                                    scale=guide_site["scale"], mask=guide_site["mask"])
+                elbo = elbo - (kl.sum() if torch.is_tensor(kl) else kl * guide_site["fn"].batch_shape.numel())
+            except NotImplementedError:
+                elbo = elbo + model_site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
+        for name, guide_site in guide_trace.nodes.items():  # auxiliary sites of the guide
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                if is_validation_enabled():
+                    check_fully_reparametrized(guide_site)
+                elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+        elbo = torch.as_tensor(elbo)
+        return -elbo.detach(), -elbo
 
 
 class IWAE_ELBO(_LossFromDifferentiableLoss):
@@ -186,30 +272,6 @@ class FreeBitsELBO(_LossFromDifferentiableLoss):
         return loss / self.num_particles
 
 
-def _traceable_loss(elbo: ELBO, model, guide):
-    """``elbo``'s differentiable loss as a function of the pair's arguments, in a form that
-    ``torch.jit.trace`` records faithfully. ``Trace_ELBO`` (and so ``TraceMeanField_ELBO``) forms
-    the loss's value with ``.item()``, which a trace keeps as a constant: the recorded value would
-    drift from the true one as training goes. Here the value is formed from tensors (the
-    log-densities; for the fully reparameterized mean-field ELBO, the surrogate itself) and the
-    gradient is the surrogate's, added as ``surrogate - surrogate.detach()`` (zero in value)."""
-    if not isinstance(elbo, Trace_ELBO):
-        return lambda *args, **kwargs: elbo.differentiable_loss(model, guide, *args, **kwargs)
-
-    def loss(*args, **kwargs):
-        total = 0.0
-        for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-            surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)[1]
-            if isinstance(elbo, TraceMeanField_ELBO):  # fully reparameterized: value == surrogate
-                value = surrogate.detach()
-            else:  # score-function terms make the surrogate's value differ from the loss
-                value = (guide_trace.log_prob_sum() - model_trace.log_prob_sum()).detach()
-            total = total + (value + (surrogate - surrogate.detach())) / elbo.num_particles
-        return total
-
-    return loss
-
-
 class JitELBO(_LossFromDifferentiableLoss):
     """Any objective above with its loss compiled by ``torch.jit.trace`` (``pyro.ops.jit.trace``).
 
@@ -232,6 +294,10 @@ class JitELBO(_LossFromDifferentiableLoss):
     """
 
     def __init__(self, elbo: ELBO):
+        if isinstance(elbo, pyro.infer.Trace_ELBO) and not isinstance(elbo, Trace_ELBO):
+            raise TypeError(  # its loss value goes through .item(), which a trace freezes as a constant
+                f"JitELBO needs pyro_vae.objectives.{type(elbo).__name__.replace('Jit', '')} (a loss that stays a "
+                f"tensor), not pyro.infer.{type(elbo).__name__}: build it with get_elbo(name, jit=True)")
         super().__init__(num_particles=elbo.num_particles)
         self.elbo = elbo
         self.compiled: dict = {}
@@ -240,7 +306,8 @@ class JitELBO(_LossFromDifferentiableLoss):
         key = (model, guide) + tuple(  # bound methods of one object compare (and hash) equal
             (tuple(a.shape), a.dtype, str(a.device)) if isinstance(a, torch.Tensor) else type(a) for a in args)
         if key not in self.compiled:
-            self.compiled[key] = pyro.ops.jit.trace(_traceable_loss(self.elbo, model, guide), ignore_warnings=True)
+            loss = functools.partial(self.elbo.differentiable_loss, model, guide)  # tensors only: no value frozen
+            self.compiled[key] = pyro.ops.jit.trace(loss, ignore_warnings=True)
         return self.compiled[key]
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

@@ -6,17 +6,22 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import pyro.infer
+import pyro.optim
 from pyro.infer import RenyiELBO
 
 from linear_gaussian import LinearGaussian
-from pyro_vae import IWAE_ELBO, get_elbo
+from pyro_vae import IWAE_ELBO, VAE, get_elbo
+from pyro_vae.models import FlowVAE
+from pyro_vae.objectives import TraceMeanField_ELBO, Trace_ELBO
 
 N, B, K = 1000, 10, 20
 
 
 def test_names():
-    assert type(get_elbo("trace")).__name__ == "Trace_ELBO"
-    assert type(get_elbo("meanfield")).__name__ == "TraceMeanField_ELBO"
+    assert isinstance(get_elbo("trace"), pyro.infer.Trace_ELBO) and type(get_elbo("trace")) is Trace_ELBO
+    assert isinstance(get_elbo("meanfield"), pyro.infer.TraceMeanField_ELBO)
+    assert type(get_elbo("meanfield")) is TraceMeanField_ELBO
     assert isinstance(get_elbo("iwae", 5), IWAE_ELBO)
     with pytest.raises(ValueError, match="choose one of trace, meanfield, iwae"):
         get_elbo("elbo")
@@ -105,3 +110,55 @@ def test_iwae_refuses_non_reparameterizable_guides_and_partial_scales():
 
     with pytest.raises(ValueError, match="different scales"):
         IWAE_ELBO(5).loss(lg.model, beta_guide, x)
+
+
+def _discrete_latent_pair():
+    """A Bernoulli latent (score-function term of Trace_ELBO) and a Normal one, params on both sides."""
+    def model(x):
+        w = pyro.param("w", torch.linspace(-1, 1, 12).reshape(2, 6))
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(torch.full((x.shape[0], 2), 0.3)).to_event(1))
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal((z + c) @ w, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        a = pyro.param("a", torch.linspace(-0.5, 0.5, 12).reshape(6, 2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Bernoulli(logits=x @ a).to_event(1))
+            pyro.sample("z", dist.Normal(0.3 * x @ a, 0.8).to_event(1))
+
+    return model, guide
+
+
+def _loss_and_grads(elbo, model, guide, x, seed=5):
+    pyro.set_rng_seed(seed)
+    loss = elbo.differentiable_loss(model, guide, x)
+    params = [p.unconstrained() for p in pyro.get_param_store().values()]
+    return loss, torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("case", ["trace, discrete latent", "trace, VAE, 3 particles", "meanfield, VAE",
+                                  "meanfield, flow guide (no analytic KL)"])
+def test_device_elbos_equal_pyros(case):
+    """Our Trace_ELBO / TraceMeanField_ELBO keep the loss on the device (no .item()): the same loss
+    value and the same gradients as Pyro's classes, at the same random state."""
+    x = torch.randn(7, 6)
+    particles = 3 if "3 particles" in case else 1
+    if "discrete" in case:
+        model, guide = _discrete_latent_pair()
+    else:
+        vae = (FlowVAE if "flow" in case else VAE)(6, latent_dim=2, hidden_dim=8, likelihood="gaussian")
+        model, guide = vae.model, vae.guide
+    options = {"num_particles": particles, "vectorize_particles": True, "max_plate_nesting": 1}
+    ours_cls, pyro_cls = ((Trace_ELBO, pyro.infer.Trace_ELBO) if case.startswith("trace")
+                          else (TraceMeanField_ELBO, pyro.infer.TraceMeanField_ELBO))
+    _loss_and_grads(pyro_cls(**options), model, guide, x)  # creates the params
+    expected, expected_grads = _loss_and_grads(pyro_cls(**options), model, guide, x)
+    loss, grads = _loss_and_grads(ours_cls(**options), model, guide, x)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)  # Pyro sums the site values as doubles
+    assert any(g.abs().sum() > 0 for g in grads)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    # and they still serve pyro.infer.SVI, which expects a number
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), ours_cls(**options))
+    assert isinstance(svi.step(x), float)

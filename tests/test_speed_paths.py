@@ -3,6 +3,8 @@
 Real MNIST, real Pyro inference; each fast path is compared with the eager one at the same seeds.
 """
 
+import contextlib
+
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -97,6 +99,62 @@ def test_jit_refuses_a_pair_whose_constants_depend_on_the_data(mnist):
     with pytest.raises(ValueError, match=r"compiled \(jit\) loss .* differs from the eager loss .* train it without jit"):
         train(pair.model, pair.guide, data, batch_size=100, jit=True, progress=False)
     train(pair.model, pair.guide, data, batch_size=100, progress=False)  # eager is fine
+
+
+@contextlib.contextmanager
+def host_reads():
+    """Records every tensor-to-host read made from Python (a host sync on a GPU): ``.item()``,
+    ``bool()``/``float()``/``int()`` of a tensor, ``.tolist()``, ``.cpu()``, ``.numpy()``."""
+    names = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "cpu", "numpy")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+    reads = []
+
+    def recording(name, method):
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return method(self, *args, **kwargs)
+        return read
+
+    for name, method in saved.items():
+        setattr(torch.Tensor, name, recording(name, method))
+    try:
+        yield reads
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("elbo", ["trace", "meanfield", "iwae"])
+def test_a_step_reads_one_boolean_to_the_host(elbo, jit, batches):
+    """The step loop's only host sync is the finiteness flag: no .item() in the ELBOs (Pyro's
+    Trace_ELBO makes six host reads a step for this pair, TraceMeanField_ELBO four)."""
+    vae = VAE(784, latent_dim=5, hidden_dim=64)
+    objective = get_elbo(elbo, PARTICLES[elbo], max_plate_nesting=1, jit=jit)
+    if jit:
+        objective.compile(vae.model, vae.guide, batches[0])
+    loss_fn = _Loss(vae, objective, vae.model, vae.guide)
+    optim = make_optimizer("adam", 1e-3)
+    with pyro.validation_enabled(False):
+        _svi_step(loss_fn, optim, batches[0])  # the optimizer's state is created
+        with host_reads() as reads:
+            for _ in range(3):
+                _svi_step(loss_fn, optim, batches[0])
+    assert reads == ["__bool__"] * 3
+
+
+def test_train_reads_one_boolean_per_step(mnist):
+    """In train()'s loop the per-step host reads are the finiteness flag alone: the losses are
+    summed on the device and read once per log interval (here: at the end of the epoch)."""
+    def reads(num_train):
+        pyro.clear_param_store()
+        vae = VAE(784, latent_dim=5, hidden_dim=32)
+        data = mnist.subset(num_train=num_train, num_test=100)
+        with host_reads() as recorded:
+            train(vae.model, vae.guide, data, batch_size=50, epochs=1, log_interval=10**6, progress=False)
+        return len(recorded)
+
+    assert reads(1000) - reads(500) == 10  # ten more steps, ten more reads
 
 
 def test_jit_with_kl_warmup_is_refused(mnist):
