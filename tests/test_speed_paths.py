@@ -7,6 +7,7 @@ import contextlib
 
 import pyro
 import pyro.distributions as dist
+import pyro.infer
 import pyro.optim
 import pytest
 import torch
@@ -75,6 +76,8 @@ def test_jit_loss_value_follows_training(batches):
         values.append(objective.differentiable_loss(vae.model, vae.guide, batches[0]).item())
     assert losses[-1] < 0.8 * losses[0]  # training moved the loss a lot ...
     assert values[1] == pytest.approx(values[0], rel=1e-5)  # ... and the graph's value moved with it
+    with pytest.raises(TypeError, match=r"not pyro.infer.TraceMeanField_ELBO.*get_elbo\(name, jit=True\)"):
+        JitELBO(pyro.infer.TraceMeanField_ELBO())  # its .item() value would be frozen
 
 
 class DataScaledPair(nn.Module):
