@@ -6,11 +6,14 @@ hand-written step (the same encoder/decoder modules and initial weights, reparam
 closed-form log-densities, ``torch.optim.Adam``), for Trace_ELBO, TraceMeanField_ELBO and IWAE
 (k = 5) at batch sizes 100 and 1024, and for each way of running the toolkit:
 
-* ``eager``: what ``train()`` does by default (Pyro's ELBO every step, one fused Adam);
+* ``eager``: what ``train()`` does by default (the ELBO every step, the loss kept on the device,
+  one fused Adam);
 * ``jit``: ``train(jit=True)`` / ``--jit`` (:class:`pyro_vae.objectives.JitELBO`);
 * ``compile``: ``train(compile=True)`` / ``--compile`` (``torch.compile`` of the networks);
 * ``pyro-optim``: eager with ``pyro.optim.Adam`` (one optimizer per parameter, as before);
-* ``pyro-jit``: Pyro's own ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO`` (none for IWAE).
+* ``pyro-jit``: Pyro's own ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO`` (none for IWAE);
+* ``pyro-elbo``: eager with Pyro's own ``Trace_ELBO`` / ``TraceMeanField_ELBO``, which read every
+  site's log-density with ``.item()`` (none for IWAE).
 
 Two hand-written baselines run interleaved with each toolkit variant (repeat by repeat, so
 drifts of a shared machine hit both alike): ``torch.optim.Adam`` with torch's default
@@ -54,13 +57,15 @@ import eval_throughput  # noqa: E402  (the evaluation half of the benchmark)
 
 import pyro_vae  # noqa: E402
 from pyro_vae.data import load_dataset  # noqa: E402
-from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO  # noqa: E402
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
 from pyro_vae.objectives import get_elbo  # noqa: E402
 from pyro_vae.optim import build_torch_optimizer, make_optimizer  # noqa: E402
 from pyro_vae.training import _compiled_networks, _Loss, _svi_step  # noqa: E402  (exactly what train() runs)
 
 OBJECTIVES = {"trace": 1, "meanfield": 1, "iwae": 5}  # name -> particles
-VARIANTS = ("eager", "jit", "compile", "pyro-optim", "pyro-jit")
+VARIANTS = ("eager", "jit", "compile", "pyro-optim", "pyro-jit", "pyro-elbo")
+PYRO_CLASSES = {"pyro-jit": {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO},
+                "pyro-elbo": {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}}  # Pyro has no IWAE of these
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -116,9 +121,10 @@ def _adam(params, fused: bool):
 
 
 def _toolkit_objective(variant: str, objective: str, k: int):
-    if variant == "pyro-jit":
-        cls = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO}[objective]
-        return cls(num_particles=k, vectorize_particles=True, max_plate_nesting=1, ignore_jit_warnings=True)
+    if variant in PYRO_CLASSES:
+        jit_options = {"ignore_jit_warnings": True} if variant == "pyro-jit" else {}
+        return PYRO_CLASSES[variant][objective](num_particles=k, vectorize_particles=True, max_plate_nesting=1,
+                                                **jit_options)
     return get_elbo(objective, k, max_plate_nesting=1, jit=variant == "jit")
 
 
@@ -226,8 +232,8 @@ def measure(device: torch.device, args) -> dict:
     for batch_size in args.batch_sizes:
         for objective in OBJECTIVES:
             for variant in args.variants:
-                if variant == "pyro-jit" and objective == "iwae":
-                    continue  # Pyro has no jit IWAE
+                if objective not in PYRO_CLASSES.get(variant, OBJECTIVES):
+                    continue  # Pyro has no jit or .item()-free IWAE of these classes
                 r = bench_steps(ds.train, device, batch_size, objective, variant, args)
                 steps.append(r)
                 print(f"{device} step  b{batch_size:<5d} {objective:<9} {variant:<10}: toolkit {r['toolkit_ms_per_step']:7.2f} ms, "
@@ -311,7 +317,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.steps, args.warmup_steps, args.repeats = [100], 5, 2, 1
-        args.variants, args.epoch_variants = ["eager", "jit", "pyro-optim"], ["jit"]
+        args.variants, args.epoch_variants = ["eager", "jit", "pyro-optim", "pyro-elbo"], ["jit"]
         args.epoch_repeats, args.epoch_points, args.eval_points, args.eval_samples = 1, 1000, 20, 100
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     report = {"what": "ms per training step and s per epoch, toolkit vs hand-written PyTorch; evaluation throughput",
