@@ -39,6 +39,7 @@ import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
 import pyro_vae  # noqa: E402
+from pyro_vae.cli.args import add_experiment_args  # noqa: E402
 from pyro_vae.data import load_dataset  # noqa: E402
 from pyro_vae.generate import sample_prior  # noqa: E402
 from pyro_vae.latent import latent_manifold  # noqa: E402
@@ -89,12 +90,7 @@ def main(argv=None) -> None:
     p.add_argument("--latent-dims", nargs="+", type=int, default=[3, 5, 10, 20, 200])
     p.add_argument("--mnist-samples", type=float, default=1e8, help="training samples seen per MNIST run")
     p.add_argument("--frey-samples", type=float, default=1e7, help="training samples seen per Frey Face run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--jit", action="store_true", help="train with jit=True (the same numbers, faster steps)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=Path("results/aevb"))
-    p.add_argument("--quick", action="store_true", help="500 MNIST / 300 Frey points, N_z 2 and 3, a few epochs")
+    add_experiment_args(p, out="results/aevb", quick="500 MNIST / 300 Frey points, N_z 2 and 3, a few epochs")
     args = p.parse_args(argv)
     if args.out.suffix == ".json":  # the test harness passes a file name: use its folder
         args.out = args.out.with_suffix("")

@@ -1,6 +1,6 @@
 """Speed of the toolkit against a hand-written PyTorch VAE of the same network, in one run.
 
-Training: the step that :func:`pyro_vae.train` runs (``pyro_vae.training._svi_step``: capture the
+Training: the step that :func:`pyro_vae.train` runs (``pyro_vae.training.svi_step``: capture the
 params, Pyro's ELBO and its gradients, the finiteness check, the optimizer) against a
 hand-written step (the same encoder/decoder modules and initial weights, reparameterized draws,
 closed-form log-densities, ``torch.optim.Adam``), for Trace_ELBO, TraceMeanField_ELBO and IWAE
@@ -56,11 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_throughput  # noqa: E402  (the evaluation half of the benchmark)
 
 import pyro_vae  # noqa: E402
+from pyro_vae.cli.args import add_experiment_args  # noqa: E402
 from pyro_vae.data import load_dataset  # noqa: E402
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
 from pyro_vae.objectives import get_elbo  # noqa: E402
 from pyro_vae.optim import build_torch_optimizer, make_optimizer  # noqa: E402
-from pyro_vae.training import _compiled_networks, _Loss, _svi_step  # noqa: E402  (exactly what train() runs)
+from pyro_vae.training import ELBOLoss, svi_step  # noqa: E402  (exactly what train() runs)
+from pyro_vae.training.speed import compiled_networks  # noqa: E402
 
 OBJECTIVES = {"trace": 1, "meanfield": 1, "iwae": 5}  # name -> particles
 VARIANTS = ("eager", "jit", "compile", "pyro-optim", "pyro-jit", "pyro-elbo")
@@ -132,7 +134,7 @@ def bench_steps(data, device, batch_size: int, objective: str, variant: str, arg
     k = OBJECTIVES[objective]
     vae, encoder, decoder = _pairs(args, device)
     elbo = _toolkit_objective(variant, objective, k)
-    loss_fn = _Loss(vae, elbo, vae.model, vae.guide)
+    loss_fn = ELBOLoss(vae, elbo, vae.model, vae.guide)
     optim = pyro.optim.Adam({"lr": 1e-3}) if variant == "pyro-optim" else make_optimizer("adam", 1e-3)
     batches = [torch.bernoulli(data[i * batch_size : (i + 1) * batch_size]) for i in range(len(data) // batch_size)]
     if variant == "jit":
@@ -142,7 +144,7 @@ def bench_steps(data, device, batch_size: int, objective: str, variant: str, arg
 
     def ours(n):
         for i in range(n):
-            _svi_step(loss_fn, optim, batches[i % len(batches)])
+            svi_step(loss_fn, optim, batches[i % len(batches)])
 
     def handwritten(fused):
         enc, dec, adam = hand[fused]
@@ -159,7 +161,7 @@ def bench_steps(data, device, batch_size: int, objective: str, variant: str, arg
     with contextlib.ExitStack() as stack:
         stack.enter_context(pyro.validation_enabled(False))  # as in train()'s step loop
         if variant == "compile":
-            stack.enter_context(_compiled_networks(vae, True))
+            stack.enter_context(compiled_networks(vae, True))
         with torch.no_grad():  # both compute the same bound: mean over 20 draws at the initial weights, nats/datapoint
             x = batches[0]
             row["toolkit_loss_per_point"] = statistics.mean(float(loss_fn(x)) for _ in range(20)) / len(x)
@@ -311,9 +313,8 @@ def main(argv=None):
     p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--hidden-dim", type=int, default=500)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for the tests")
-    p.add_argument("--out", type=Path, default=Path("results/benchmark.json"))
+    add_experiment_args(p, out="results/benchmark.json", quick="tiny sizes, for the tests", device=False, seed=False,
+                        jit=False)
     args = p.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.steps, args.warmup_steps, args.repeats = [100], 5, 2, 1

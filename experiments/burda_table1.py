@@ -34,11 +34,11 @@ import csv
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 import pyro_vae
+from pyro_vae.cli.args import add_experiment_args
 from pyro_vae.data import load_dataset
 from pyro_vae.latent import active_units
 from pyro_vae.models import HierarchicalVAE
@@ -104,12 +104,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--num-samples", type=int, default=5000, help="k for the evaluation")
     p.add_argument("--eval-batch", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--jit", action="store_true", help="train with jit=True (the same numbers, faster steps)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=Path("results/burda"))
-    p.add_argument("--quick", action="store_true", help="same as --schedule quick")
+    add_experiment_args(p, out="results/burda", quick="same as --schedule quick")
     args = p.parse_args(argv)
     if args.stages is not None:
         stages("full", args.stages)  # a clear error before any training

@@ -38,6 +38,7 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 import pyro_vae  # noqa: E402
+from pyro_vae.cli.args import add_experiment_args  # noqa: E402
 from pyro_vae.data import load_dataset  # noqa: E402
 from pyro_vae.objectives import get_elbo  # noqa: E402
 
@@ -173,11 +174,8 @@ def main(argv=None) -> None:
     p.add_argument("--grad-draws", type=int, default=100)
     p.add_argument("--num-samples", type=int, default=5000, help="K for the final log p̂(x)")
     p.add_argument("--num-eval", type=int, default=10000, help="test points for the final log p̂(x)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--jit", action="store_true", help="train with jit=True (the same numbers, faster steps)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=Path("results/estimators"))
-    p.add_argument("--quick", action="store_true", help="500 training points, small net, 2 seeds, 1 epoch")
+    add_experiment_args(p, out="results/estimators", quick="500 training points, small net, 2 seeds, 1 epoch",
+                        seed=False)
     args = p.parse_args(argv)
     if args.out.suffix == ".json":
         args.out = args.out.with_suffix("")

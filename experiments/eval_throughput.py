@@ -21,12 +21,12 @@ import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import pyro_vae
+from pyro_vae.cli.args import add_experiment_args
 from pyro_vae.data import load_dataset
 
 
@@ -71,7 +71,7 @@ def measure(device, args):
     data = load_dataset("mnist", args.data_dir, device=device).test[: args.num_points]
     vae = pyro_vae.VAE(784, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim).to(device)
     if args.run_dir:
-        from pyro_vae.cli import load_run
+        from pyro_vae.training import load_run
 
         vae, _, _ = load_run(args.run_dir, device, args.data_dir)
     chunk = args.particle_chunk_size or max(50, (65536 // args.batch_size) // 50 * 50)
@@ -139,9 +139,8 @@ def main(argv=None):
     p.add_argument("--hidden-dim", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--run-dir", default=None, help="use a trained run's weights (default: fresh weights)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for the tests")
-    p.add_argument("--out", type=Path, default=Path("results/eval_throughput.json"))
+    add_experiment_args(p, out="results/eval_throughput.json", quick="tiny sizes, for the tests", device=False,
+                        seed=False, jit=False)
     args = p.parse_args(argv)
     if args.quick:
         args.num_points, args.num_samples, args.repeats, args.hidden_dim = 20, 100, 1, 100

@@ -15,11 +15,11 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 import pyro_vae
+from pyro_vae.cli.args import add_experiment_args
 from pyro_vae.data import load_dataset
 from pyro_vae.models import MODELS, build_model, model_options
 
@@ -77,11 +77,7 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--num-samples", type=int, default=1000, help="K for log p̂(x)")
     p.add_argument("--num-eval", type=int, default=1000, help="test points for log p̂(x)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=Path("results/zoo.json"))
-    p.add_argument("--quick", action="store_true", help="1000 training points, 1 epoch, small nets, K=20")
+    add_experiment_args(p, out="results/zoo.json", quick="1000 training points, 1 epoch, small nets, K=20", jit=False)
     args = p.parse_args(argv)
     data = load_dataset(args.dataset, args.data_dir, device=args.device)
     if args.quick:

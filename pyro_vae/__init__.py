@@ -3,39 +3,88 @@
 Train any conforming pair with SVI (:func:`train`), estimate per-datapoint log-likelihoods by
 importance sampling (:func:`estimate_log_likelihood`). Units are nats per datapoint; an ELBO or
 bound is a lower bound on log p(x) (higher is better), a loss is its negative.
+
+Every public name is listed in ``__all__``; the modules hold one idea each (see the README's
+layout and the API reference under ``docs/``).
 """
 
 from .check import ModelGuideError, check_model_guide
-from .data import Dataset, load_dataset
+from .data import DataNotFoundError, Dataset, load_dataset
 from .evaluation import LogLikelihoodResult, estimate_log_likelihood, evaluate_elbo
-from .latent import anomaly_scores, decode, encode, interpolate, latent_manifold, traverse
-from .models import MODELS, VAE, build_model
-from .objectives import IWAE_ELBO, get_elbo
-from .training import NonFiniteLossError, TrainingInterrupted, TrainResult, train
+from .latent import active_units, anomaly_scores, decode, encode, interpolate, latent_manifold, traverse
+from .models import (
+    MODELS,
+    VAE,
+    ConditionalVAE,
+    ConvVAE,
+    FlowVAE,
+    HierarchicalVAE,
+    build_model,
+)
+from .objectives import (
+    ELBO_NAMES,
+    FreeBitsELBO,
+    IWAE_ELBO,
+    JitELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+    get_elbo,
+    scale_latents,
+)
+from .optim import FusedOptim
+from .training import (
+    CheckpointError,
+    KLSchedule,
+    NonFiniteLossError,
+    RunFolder,
+    Trainer,
+    TrainingInterrupted,
+    TrainResult,
+    load_run,
+    train,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ELBO_NAMES",
     "IWAE_ELBO",
     "MODELS",
+    "VAE",
+    "CheckpointError",
+    "ConditionalVAE",
+    "ConvVAE",
+    "DataNotFoundError",
     "Dataset",
+    "FlowVAE",
+    "FreeBitsELBO",
+    "FusedOptim",
+    "HierarchicalVAE",
+    "JitELBO",
+    "KLSchedule",
     "LogLikelihoodResult",
     "ModelGuideError",
     "NonFiniteLossError",
-    "TrainingInterrupted",
+    "RunFolder",
+    "TraceMeanField_ELBO",
+    "Trace_ELBO",
     "TrainResult",
-    "VAE",
+    "Trainer",
+    "TrainingInterrupted",
+    "active_units",
     "anomaly_scores",
     "build_model",
     "check_model_guide",
     "decode",
     "encode",
-    "interpolate",
-    "latent_manifold",
-    "traverse",
     "estimate_log_likelihood",
     "evaluate_elbo",
     "get_elbo",
+    "interpolate",
+    "latent_manifold",
     "load_dataset",
+    "load_run",
+    "scale_latents",
     "train",
+    "traverse",
 ]

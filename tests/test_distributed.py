@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed
 
-from pyro_vae.checkpoint import read_checkpoint
+from pyro_vae.training import read_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")

@@ -18,10 +18,10 @@ import torch
 from pyro import poutine
 
 from pyro_vae import VAE, train
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from pyro_vae.training import NonFiniteLossError, TrainingInterrupted
+from pyro_vae.training import (CheckpointError, NonFiniteLossError, RunFolder, TrainingInterrupted, load_checkpoint,
+                               read_checkpoint)
 
-TRAIN = dict(batch_size=50, epochs=3, checkpoint_every=4, progress=False)
+TRAIN = dict(batch_size=50, epochs=3, progress=False)
 
 
 def params() -> dict:
@@ -52,13 +52,14 @@ def test_interrupted_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(mn
     data = mnist.subset(num_train=500, num_test=100)  # 10 steps per epoch; call 21 ends epoch 2
     pyro.set_rng_seed(0)
     vae = VAE(784, latent_dim=5, hidden_dim=50)
-    full = train(vae.model, vae.guide, data, out=tmp_path / "full", **TRAIN)
+    full = train(vae.model, vae.guide, data, out=RunFolder(tmp_path / "full", checkpoint_every=4), **TRAIN)
     expected = params()
 
     pyro.set_rng_seed(0)
     vae = VAE(784, latent_dim=5, hidden_dim=50)
     with pytest.raises(TrainingInterrupted, match=f"interrupted by {signal.Signals(signum).name}.*resume with") as info:
-        train(signalling(vae.model, at_call, signum), vae.guide, data, out=tmp_path / "run", **TRAIN)
+        train(signalling(vae.model, at_call, signum), vae.guide, data, out=RunFolder(tmp_path / "run", checkpoint_every=4),
+              **TRAIN)
     saved = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert info.value.checkpoint == tmp_path / "run" / "checkpoint.pt"
     assert saved["step"] == info.value.step and not saved["finished"] and 0 < saved["step"] < 30
@@ -66,7 +67,8 @@ def test_interrupted_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(mn
     pyro.clear_param_store()
     fresh = VAE(784, latent_dim=5, hidden_dim=50)  # as in a new process: a new object, its own initial weights
     torch.manual_seed(1234)
-    resumed = train(fresh.model, fresh.guide, data, out=tmp_path / "run", resume=True, **TRAIN)
+    resumed = train(fresh.model, fresh.guide, data, out=RunFolder(tmp_path / "run", resume=True, checkpoint_every=4),
+                    **TRAIN)
     assert_bitwise_equal(params(), expected)
     assert resumed.history == [dict(h, train_seconds=r["train_seconds"], total_train_seconds=r["total_train_seconds"])
                                for h, r in zip(full.history, resumed.history)]
@@ -80,6 +82,7 @@ def test_resume_to_more_epochs_and_resume_errors(mnist, tmp_path):
     pyro.set_rng_seed(0)
     vae = VAE(784, latent_dim=3, hidden_dim=20)
     settings = dict(batch_size=50, progress=False, out=tmp_path)
+    resume = dict(settings, out=RunFolder(tmp_path, resume=True))
     pyro.set_rng_seed(0)
     train(vae.model, vae.guide, data, epochs=3, **settings)
     three = params()
@@ -87,19 +90,19 @@ def test_resume_to_more_epochs_and_resume_errors(mnist, tmp_path):
     vae = VAE(784, latent_dim=3, hidden_dim=20)
     train(vae.model, vae.guide, data, epochs=2, out=tmp_path / "b", batch_size=50, progress=False)
     two = params()
-    train(vae.model, vae.guide, data, epochs=3, resume=True, out=tmp_path / "b", batch_size=50, progress=False)
+    train(vae.model, vae.guide, data, epochs=3, out=RunFolder(tmp_path / "b", resume=True), batch_size=50, progress=False)
     assert_bitwise_equal(params(), three)
     assert not all(torch.equal(two[k], three[k]) for k in two)
 
     with pytest.raises(ValueError, match="already has 3 epochs; ask for more"):
-        train(vae.model, vae.guide, data, epochs=3, resume=True, **settings)
+        train(vae.model, vae.guide, data, epochs=3, **resume)
     with pytest.raises(CheckpointError, match=r"other settings \(batch_size: checkpoint 50, now 25"):
-        train(vae.model, vae.guide, data, epochs=4, resume=True, out=tmp_path, batch_size=25, progress=False)
+        train(vae.model, vae.guide, data, epochs=4, out=RunFolder(tmp_path, resume=True), batch_size=25, progress=False)
     other = VAE(784, latent_dim=4, hidden_dim=20)
     with pytest.raises(CheckpointError, match="has shape .* the pair's has .*different latent/hidden size"):
-        train(other.model, other.guide, data, epochs=4, resume=True, **settings)
+        train(other.model, other.guide, data, epochs=4, **resume)
     with pytest.raises(FileNotFoundError, match="holds no checkpoint.pt"):
-        train(vae.model, vae.guide, data, epochs=4, resume=True, out=tmp_path / "nothing", batch_size=50)
+        train(vae.model, vae.guide, data, epochs=4, out=RunFolder(tmp_path / "nothing", resume=True), batch_size=50)
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(vae.model, vae.guide, data, epochs=1, **settings)
@@ -139,8 +142,8 @@ def test_non_finite_step_is_named_not_applied_and_the_checkpoint_survives(mnist,
     # calls 1 and 2 are the checker and the plate-nesting guess: call 8 is step 6
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss or gradient at step 6 \(epoch 1, minibatch 6\).*"
                                                  r"not applied; the last good checkpoint .* is intact"):
-        train(poisoned(vae.model, 8, before_bad_step), vae.guide, data, batch_size=50, checkpoint_every=5,
-              out=tmp_path, progress=False)
+        train(poisoned(vae.model, 8, before_bad_step), vae.guide, data, batch_size=50,
+              out=RunFolder(tmp_path, checkpoint_every=5), progress=False)
     assert_bitwise_equal(params(), before_bad_step)
     assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5
 

@@ -16,7 +16,7 @@ from torch import nn
 from pyro_vae import VAE, train
 from pyro_vae.objectives import JitELBO, get_elbo
 from pyro_vae.optim import FusedOptim, make_optimizer, scale_learning_rate
-from pyro_vae.training import _Loss, _svi_step
+from pyro_vae.training import ELBOLoss, KLSchedule, RunFolder, svi_step
 
 PARTICLES = {"trace": 1, "meanfield": 1, "iwae": 5}
 
@@ -33,10 +33,10 @@ def run_steps(objective, optim, batches, seed=1):
     if isinstance(objective, JitELBO):
         for x in {tuple(b.shape): b for b in batches}.values():
             objective.compile(vae.model, vae.guide, x)
-    loss_fn = _Loss(vae, objective, vae.model, vae.guide)
+    loss_fn = ELBOLoss(vae, objective, vae.model, vae.guide)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
-        losses = [float(_svi_step(loss_fn, optim, x)[0]) for x in batches]
+        losses = [float(svi_step(loss_fn, optim, x)[0]) for x in batches]
     return losses, params()
 
 
@@ -67,9 +67,9 @@ def test_jit_loss_value_follows_training(batches):
     eager = get_elbo("meanfield", max_plate_nesting=1)
     jit = JitELBO(eager)
     jit.compile(vae.model, vae.guide, batches[0])
-    loss_fn = _Loss(vae, jit, vae.model, vae.guide)
+    loss_fn = ELBOLoss(vae, jit, vae.model, vae.guide)
     optim = make_optimizer("adam", 5e-2)
-    losses = [float(_svi_step(loss_fn, optim, batches[0])[0]) for _ in range(15)]
+    losses = [float(svi_step(loss_fn, optim, batches[0])[0]) for _ in range(15)]
     values = []
     for objective in (eager, jit):
         pyro.set_rng_seed(3)
@@ -136,13 +136,13 @@ def test_a_step_reads_one_boolean_to_the_host(elbo, jit, batches):
     objective = get_elbo(elbo, PARTICLES[elbo], max_plate_nesting=1, jit=jit)
     if jit:
         objective.compile(vae.model, vae.guide, batches[0])
-    loss_fn = _Loss(vae, objective, vae.model, vae.guide)
+    loss_fn = ELBOLoss(vae, objective, vae.model, vae.guide)
     optim = make_optimizer("adam", 1e-3)
     with pyro.validation_enabled(False):
-        _svi_step(loss_fn, optim, batches[0])  # the optimizer's state is created
+        svi_step(loss_fn, optim, batches[0])  # the optimizer's state is created
         with host_reads() as reads:
             for _ in range(3):
-                _svi_step(loss_fn, optim, batches[0])
+                svi_step(loss_fn, optim, batches[0])
     assert reads == ["__bool__"] * 3
 
 
@@ -163,7 +163,7 @@ def test_train_reads_one_boolean_per_step(mnist):
 def test_jit_with_kl_warmup_is_refused(mnist):
     vae = VAE(784, latent_dim=3, hidden_dim=16)
     with pytest.raises(ValueError, match="warm-up factor as a constant"):
-        train(vae.model, vae.guide, mnist.subset(num_train=200), kl_warmup_steps=10, jit=True, progress=False)
+        train(vae.model, vae.guide, mnist.subset(num_train=200), schedule=KLSchedule(warmup_steps=10), jit=True, progress=False)
 
 
 @pytest.mark.parametrize("options", [{"jit": True}, {"compile": True}], ids=["jit", "compile"])
@@ -194,7 +194,7 @@ def test_jit_resume_is_bitwise_equal(mnist, tmp_path):
         pyro.clear_param_store()
         pyro.set_rng_seed(123)  # a different RNG state: the checkpoint must restore everything
         vae = VAE(784, latent_dim=3, hidden_dim=32)
-        train(vae.model, vae.guide, data, batch_size=100, epochs=epochs, out=out, resume=resume, jit=True,
+        train(vae.model, vae.guide, data, batch_size=100, epochs=epochs, out=RunFolder(out, resume=resume), jit=True,
               seed=0, progress=False)
         return params()
 
@@ -232,14 +232,14 @@ def test_optimizer_states_load_across_fused_and_per_parameter(batches):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         vae = VAE(784, latent_dim=5, hidden_dim=64)
-        loss_fn = _Loss(vae, objective, vae.model, vae.guide)
+        loss_fn = ELBOLoss(vae, objective, vae.model, vae.guide)
         vae.model(batches[0]), vae.guide(batches[0])  # registers the parameters in the param store
         with torch.no_grad():
             for name, p in pyro.get_param_store().named_parameters():
                 p.copy_(halfway[name])
         pyro.set_rng_seed(7)
         for x in batches[2:]:
-            _svi_step(loss_fn, resumed, x)
+            svi_step(loss_fn, resumed, x)
         return params()
 
     straight = two_halves(lambda: pyro.optim.Adam({"lr": 1e-2}), lambda: pyro.optim.Adam({"lr": 1e-2}))
@@ -274,8 +274,8 @@ def test_a_module_registered_twice_is_stepped_once(batches):
 
     pair = Shared()
     optim = pyro.optim.SGD({"lr": 1e-3})
-    loss_fn = _Loss(pair, get_elbo("trace", max_plate_nesting=1), pair.model, pair.guide)
+    loss_fn = ELBOLoss(pair, get_elbo("trace", max_plate_nesting=1), pair.model, pair.guide)
     x = batches[0]
     expected = x.sum(0) - x.shape[0] * torch.sigmoid(torch.zeros(784))  # d log p / d w at w = 0
-    _svi_step(loss_fn, optim, x)
+    svi_step(loss_fn, optim, x)
     torch.testing.assert_close(pair.w.detach(), 1e-3 * expected)

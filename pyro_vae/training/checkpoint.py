@@ -1,4 +1,4 @@
-"""Checkpoints of Pyro's param store, written atomically and loaded without running code.
+"""The checkpoint file: Pyro's param store and optimizer state, written atomically, loaded without running code.
 
 A checkpoint is a ``torch.save`` of plain tensors, numbers, strings, lists and dicts only::
 
@@ -7,7 +7,7 @@ A checkpoint is a ``torch.save`` of plain tensors, numbers, strings, lists and d
      "optimizer": {param name: optimizer state_dict},   # PyroOptim.get_state()
      "step": int, "epoch": int,                         # steps taken, epochs completed
      ... whatever else the caller adds (the trainer adds RNG states, the position inside the
-     epoch, the run's settings and its metrics so far: see pyro_vae.training)}
+     epoch, the run's settings and its metrics so far: see pyro_vae.training.state)}
 
 It is written to ``NAME.tmp``, flushed to disk, then renamed over ``NAME``, so a crash or a full
 disk never leaves a half-written checkpoint under the real name, and it is loaded with
@@ -17,22 +17,18 @@ disk never leaves a half-written checkpoint under the real name, and it is loade
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
 
 __all__ = [
     "CheckpointError",
-    "get_rng_state",
     "load_checkpoint",
     "read_checkpoint",
     "register_params",
     "save_checkpoint",
-    "set_rng_state",
 ]
 
 FORMAT = "pyro-vae-checkpoint/2"
@@ -41,32 +37,6 @@ READABLE_FORMATS = ("pyro-vae-checkpoint/1", FORMAT)
 
 class CheckpointError(RuntimeError):
     """A checkpoint is unreadable, corrupt, unwritable, or does not match the model/guide pair."""
-
-
-def get_rng_state() -> dict:
-    """Every RNG state a run draws from: torch (CPU), CUDA (all devices, if initialized),
-    Python's ``random`` and numpy's global generator, as tensors and plain values only (so the
-    state can be saved in a checkpoint that loads with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "random": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore the RNG states saved by :func:`get_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["random"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: str | Path, optim=None, step: int = 0, epoch: int = 0, **extra) -> Path:

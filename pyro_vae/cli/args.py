@@ -1,0 +1,145 @@
+"""Argument groups shared by the commands and by the experiment scripts, and what they resolve to.
+
+Each ``add_*`` function adds one group of options to an ``argparse`` parser; the matching
+helpers (:func:`resolve_device`, :func:`load_data`, :func:`model_config`) turn the parsed
+options into a device, a data set and the options of a shipped pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..data import DATASETS, load_dataset
+from ..likelihoods import LIKELIHOODS
+from ..models import MODELS, model_options
+from ..objectives import ELBO_NAMES
+from ..optim import OPTIMIZERS
+from ..training.run_folder import binarize_for
+
+__all__ = ["DEFAULT_HIDDEN", "add_data_args", "add_experiment_args", "add_model_args", "add_optimization_args",
+           "add_train_args", "load_data", "model_config", "resolve_device"]
+
+DEFAULT_HIDDEN = {"frey-face": 200}  # 500 for the MNIST-like data sets (Kingma & Welling 2013)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``name`` as a device (``None``: CUDA when available, else the CPU); a clear error when CUDA
+    is asked for but absent."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available on this machine")
+    return device
+
+
+def add_data_args(p: argparse.ArgumentParser, num_test: bool = True) -> None:
+    """``--data-dir``, ``--no-download``, ``--device`` (and ``--num-test``)."""
+    p.add_argument("--data-dir", default=None,
+                   help="data root (default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download missing data files (default: download, checksums verified)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    if num_test:
+        p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points only")
+
+
+def add_experiment_args(p: argparse.ArgumentParser, out: str, quick: str, device: bool = True, seed: bool = True,
+                        jit: bool = True) -> None:
+    """The options the experiment scripts share: ``--device`` (a name, default ``cuda`` when
+    available), ``--data-dir``, ``--seed``, ``--jit``, ``--out`` (default ``out``) and ``--quick``
+    (``quick`` says what it shrinks); ``device``, ``seed`` and ``jit`` leave theirs out."""
+    if device:
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data-dir", default=None, help="data root (default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    if jit:
+        p.add_argument("--jit", action="store_true", help="train with jit=True (the same numbers, faster steps)")
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--quick", action="store_true", help=quick)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The pair and its options: ``--dataset``, ``--model``, ``--likelihood``, ``--beta``,
+    ``--kl-warmup``, ``--free-bits``, ``--num-flows``, ``--stochastic-layers``, sizes."""
+    p.add_argument("--dataset", default="mnist", choices=DATASETS)
+    p.add_argument("--model", default="mlp", choices=list(MODELS), help="model/guide pair (see: pyro-vae models)")
+    p.add_argument("--likelihood", default=None, choices=list(LIKELIHOODS),
+                   help="observation model (default: the data set's; a grey-level likelihood on MNIST or "
+                        "Fashion-MNIST turns binarization off)")
+    p.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE), latent sites scaled in model and guide")
+    p.add_argument("--kl-warmup", type=int, default=0, metavar="STEPS",
+                   help="raise the KL weight linearly from 1/STEPS to 1 over STEPS steps")
+    p.add_argument("--free-bits", type=float, default=0.0, metavar="NATS",
+                   help="free bits per latent dimension (needs --elbo meanfield)")
+    p.add_argument("--num-flows", type=int, default=None, help="iaf: number of autoregressive transforms")
+    p.add_argument("--stochastic-layers", type=int, default=None, help="hierarchical: number of latent layers")
+    p.add_argument("--latent-dim", type=int, default=None, help="default: the model's (20; 50 for hierarchical)")
+    p.add_argument("--hidden-dim", type=int, default=None,
+                   help="default: the model's (500; 200 for hierarchical), 200 on Frey Face")
+
+
+def add_optimization_args(p: argparse.ArgumentParser, epochs: int) -> None:
+    """``--num-particles``, ``--optimizer``, ``--lr``, ``--batch-size``, ``--epochs`` (default
+    ``epochs``), ``--seed``, ``--num-train``, ``--valid-size``, ``--no-progress``, ``--jit``,
+    ``--compile``."""
+    p.add_argument("--num-particles", type=int, default=1,
+                   help="samples per datapoint per step (K for --elbo iwae)")
+    p.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {epochs}; "
+                   "with --resume: the total to reach)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=int, default=None, help="train on the first N training points only")
+    p.add_argument("--valid-size", type=int, default=0, metavar="N",
+                   help="hold out the last N training points as a validation set: valid_elbo each epoch and "
+                        "best.pt, the checkpoint with the best one (binarized-mnist has its own)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--jit", action="store_true",
+                   help="compile the loss with torch.jit.trace (static pairs; checked against the eager loss first)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the networks (optional MODE: reduce-overhead uses CUDA graphs, max-autotune)")
+
+
+def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
+    """Everything a training command takes: the pair, the optimization, the data."""
+    add_model_args(p)
+    add_optimization_args(p, epochs)
+    add_data_args(p)
+    p.set_defaults(default_epochs=epochs)
+
+
+def add_elbo_arg(p: argparse.ArgumentParser) -> None:
+    """``--elbo trace|meanfield|iwae``."""
+    p.add_argument("--elbo", default="trace", choices=ELBO_NAMES,
+                   help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO; iwae: importance weighted")
+
+
+def load_data(args, device: torch.device, name: str, seed: int = 0):
+    """The data set ``name`` as the options ask (likelihood, validation split, subsets)."""
+    likelihood = getattr(args, "likelihood", None)
+    dataset = load_dataset(name, args.data_dir, device=device, download=args.download, seed=seed,
+                           binarize=binarize_for(name, likelihood), valid_size=getattr(args, "valid_size", 0))
+    if likelihood is not None:
+        dataset.likelihood = likelihood
+    return dataset.subset(getattr(args, "num_train", None), args.num_test)
+
+
+def model_config(args, dataset) -> dict:
+    """Options for ``build_model``: the data set's facts where the family takes them, and every
+    option the user set (an option the family does not take is an error there)."""
+    accepted = model_options(args.model)
+    config = {"likelihood": dataset.likelihood, "image_shape": dataset.image_shape,
+              "hidden_dim": args.hidden_dim or DEFAULT_HIDDEN.get(dataset.name)}
+    config = {k: v for k, v in config.items() if k in accepted and v is not None}
+    explicit = {"latent_dim": args.latent_dim, "num_flows": args.num_flows,
+                "stochastic_layers": args.stochastic_layers, "beta": args.beta if args.beta != 1.0 else None}
+    config.update({k: v for k, v in explicit.items() if v is not None})
+    if "image_shape" in config:
+        config["image_shape"] = list(config["image_shape"])
+    return config

@@ -1,0 +1,112 @@
+"""``pyro-vae train``: one SVI run into a run folder; ``--resume RUN_DIR`` continues one.
+
+Under ``torchrun`` it trains with DistributedDataParallel (see :mod:`pyro_vae.distributed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pyro
+
+from ..distributed import is_main
+from ..models import build_model
+from ..training import KLSchedule, RunFolder, train
+from .args import add_elbo_arg, add_train_args, load_data, model_config, resolve_device
+from .evaluate import estimate, save_estimate, test_labels
+
+__all__ = ["CLI_RESUME_FLAGS", "add_parser", "run", "train_from_args"]
+
+CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "jit", "compile")
+"""Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a VAE with SVI into a run folder")
+    add_train_args(p, epochs=10)
+    add_elbo_arg(p)
+    p.add_argument("--out", default=None, help="run folder (default: runs/DATASET-MODEL-ELBO-seedSEED)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--evaluate-samples", type=int, default=0, metavar="K",
+                   help="after training, estimate log p(x) on the test set with K importance samples")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint (to --epochs in total when given); "
+                        "its settings come from RUN_DIR/config.json")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (default: at the end of each epoch only)")
+    p.add_argument("--nonfinite-backoff", type=float, default=None, metavar="FACTOR",
+                   help="on a non-finite loss or gradient, skip the step and multiply the learning rate by "
+                        "FACTOR (default: stop the run there)")
+    p.set_defaults(run=run)
+    return p
+
+
+def train_from_args(args, dataset, device, elbo: str, out):
+    """Build the pair the options name (its initial weights depend on ``--seed`` alone) and
+    train it into ``out``; returns ``(vae, TrainResult)``."""
+    config = model_config(args, dataset)
+    pyro.set_rng_seed(args.seed)
+    vae = build_model(args.model, dataset.data_dim, **config).to(device)
+    cli = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+           if k not in ("command", "resume", "default_epochs", "overwrite", "run")}
+    run_config = {"model": args.model, "model_config": config, "data_dim": dataset.data_dim,
+                  "image_shape": dataset.image_shape, "cli": cli}
+    folder = RunFolder(out, overwrite=args.overwrite, resume=getattr(args, "resume", None) is not None,
+                       checkpoint_every=getattr(args, "checkpoint_every", 0))
+    result = train(
+        vae.model, vae.guide, dataset, elbo=elbo, num_particles=args.num_particles, labels=vae.needs_labels,
+        schedule=KLSchedule(warmup_steps=args.kl_warmup, free_bits=args.free_bits),
+        optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+        out=folder, config=run_config, progress=not args.no_progress,
+        nonfinite_backoff=getattr(args, "nonfinite_backoff", None), jit=args.jit, compile=args.compile,
+    )
+    return vae, result
+
+
+def resume_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The settings of the run in ``args.resume`` (its config.json), with the flags that may change."""
+    run_dir = args.resume
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {config_path} is missing (is {run_dir} a run folder?)")
+    config = json.loads(config_path.read_text())
+    if "cli" not in config:
+        raise ValueError(f"cannot resume {run_dir}: its config.json was not written by `pyro-vae train`; "
+                         "resume it from Python with train(..., out=RunFolder(RUN_DIR, resume=True))")
+    defaults = vars(parser.parse_args(["train"]))
+    given = [k for k, v in vars(args).items()
+             if k in defaults and k not in CLI_RESUME_FLAGS + ("resume", "command", "run") and v != defaults[k]]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume takes the run's settings from {config_path}; drop {flags} "
+                         f"(only {', '.join('--' + k.replace('_', '-') for k in CLI_RESUME_FLAGS)} go with --resume)")
+    resumed = argparse.Namespace(**{**defaults, **config["cli"]})
+    resumed.epochs = args.epochs if args.epochs is not None else config["epochs"]
+    for key in ("device", "data_dir"):
+        if getattr(args, key) is not None:
+            setattr(resumed, key, getattr(args, key))
+    resumed.download, resumed.no_progress = args.download, args.no_progress
+    resumed.jit, resumed.compile = args.jit, args.compile  # speed only: the same numbers either way
+    resumed.resume, resumed.out, resumed.overwrite, resumed.command = run_dir, str(run_dir), False, "train"
+    return resumed
+
+
+def run(args, parser: argparse.ArgumentParser) -> int:
+    """Train (or resume), print the run folder, and estimate log p(x) with ``--evaluate-samples``."""
+    if args.resume is not None:
+        args = resume_args(args, parser)
+    device = resolve_device(args.device)
+    dataset = load_data(args, device, args.dataset)
+    out = args.out or f"runs/{args.dataset}-{args.model}-{args.elbo}-seed{args.seed}"
+    vae, result = train_from_args(args, dataset, device, args.elbo, out)
+    if is_main():
+        print(f"run folder: {result.out}")
+    if args.evaluate_samples:
+        result = estimate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress,
+                          *test_labels(vae, dataset))
+        if is_main():
+            save_estimate(result, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
+            print(result.format())
+    return 0

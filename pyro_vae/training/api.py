@@ -1,0 +1,194 @@
+"""The one-call entry point: :func:`train` checks a pair and its settings, then runs a :class:`Trainer`.
+
+Reported numbers are per datapoint, in nats, as ELBOs (higher is better):
+
+* ``train_elbo``: the mean over the epoch's minibatches of the training objective's estimate,
+  taken while the parameters change (the usual running training bound);
+* ``test_elbo`` (± ``test_elbo_se``) and ``valid_elbo``: a one-sample ELBO per test (validation)
+  point after the epoch, with the same estimator whatever the training objective
+  (:func:`pyro_vae.evaluate_elbo`);
+* ``train_seconds``: wall-clock of the epoch's SVI steps only (evaluation excluded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+
+from .. import distributed
+from ..check import check_model_guide
+from ..data import Dataset
+from ..importance import guess_max_plate_nesting
+from ..objectives import get_elbo
+from ..optim import make_optimizer
+from .run_folder import RunFolder
+from .schedule import KLSchedule
+from .step import owner_module
+from .trainer import Trainer, TrainerOptions
+
+__all__ = ["train"]
+
+
+def train(
+    model,
+    guide,
+    data: Dataset | torch.Tensor,
+    *,
+    elbo: str = "trace",
+    num_particles: int = 1,
+    labels: bool = False,
+    schedule: KLSchedule | None = None,
+    optimizer: str | pyro.optim.PyroOptim = "adam",
+    lr: float = 1e-3,
+    batch_size: int = 100,
+    epochs: int = 1,
+    seed: int | None = 0,
+    out: str | Path | RunFolder | None = None,
+    nonfinite_backoff: float | None = None,
+    config: dict | None = None,
+    eval_batch_size: int = 1000,
+    log_interval: int = 100,
+    progress: bool = True,
+    clear_params: bool = True,
+    module: torch.nn.Module | None = None,
+    jit: bool = False,
+    compile: bool | str = False,
+):
+    """Train a model/guide pair with SVI.
+
+    Args:
+        model, guide: a conforming pair (see :mod:`pyro_vae.models.base`) whose parameters live
+            on the same device as ``data``; called as ``fn(x_batch)`` (``fn(x_batch, y_batch)``
+            with ``labels``). :func:`~pyro_vae.check_model_guide` checks it before the first step.
+        data: a :class:`~pyro_vae.data.Dataset` (train/test/validation splits, dynamic
+            binarization) or an ``(N, ...)`` tensor of training data (no test ELBO then).
+        elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO) or ``iwae``.
+        num_particles: samples per datapoint per step (averaged, or ``K`` for ``iwae``).
+        labels: pass each batch's class labels (``data.train_labels``) as the second argument,
+            for conditional pairs; the test ELBO uses ``data.test_labels``.
+        schedule: KL warm-up and free bits (:class:`~pyro_vae.training.KLSchedule`); ``None``: neither.
+        optimizer, lr: ``adam`` or ``adagrad`` and its learning rate (one fused torch optimizer
+            over all parameters: :class:`~pyro_vae.optim.FusedOptim`); or a ``PyroOptim``
+            instance (``lr`` is then ignored), which keeps its state across calls, e.g. for a
+            learning-rate schedule run as several ``train(..., clear_params=False, seed=None)``.
+        batch_size: datapoints per SVI step; each epoch visits every training point once. Under
+            ``torchrun`` this is the global batch, split evenly over the processes.
+        epochs: passes over the training set (in total, counting a resumed run's earlier ones).
+        seed: seeds Pyro, torch, numpy and random, and the data order (``None``: draw the
+            data-order seed from torch's RNG and leave the RNGs as they are).
+        out: the run folder: a path, or a :class:`~pyro_vae.training.RunFolder` for
+            ``overwrite``, ``resume`` (continue from its ``checkpoint.pt``; bitwise equal to an
+            uninterrupted run on the CPU) and ``checkpoint_every``. It receives ``config.json``,
+            ``metrics.jsonl``, ``checkpoint.pt``, ``best.pt`` (with ``data.valid``), PNGs when the
+            run completes, and TensorBoard events when ``tensorboard`` is installed. ``None``
+            writes nothing.
+        nonfinite_backoff: ``None`` stops the run with :class:`NonFiniteLossError` at a step
+            whose loss or gradient is not finite; a factor in (0, 1) instead skips that step,
+            multiplies the learning rate by the factor and goes on (at most
+            :data:`~pyro_vae.training.trainer.MAX_BACKOFFS` times). The bad step is never applied.
+        config: extra entries for ``config.json`` (e.g. how to rebuild the model).
+        eval_batch_size: datapoints per batch when evaluating the test/validation ELBO.
+        log_interval: steps between updates of the progress bar's loss (one host sync each).
+        progress: show a progress bar.
+        clear_params: clear Pyro's param store first, so the nets start from their own
+            initial weights rather than from a previous run's stored values.
+        module: the ``nn.Module`` holding the pair's networks, for distributed training and
+            ``compile``, when model and guide are not methods of one module.
+        jit: record the loss with ``torch.jit.trace`` (:class:`~pyro_vae.objectives.JitELBO`):
+            Pyro's Python work runs once instead of every step. For pairs with static structure;
+            checked against the eager loss before the first step. Not with KL warm-up.
+        compile: ``torch.compile`` each network of the pair (the module's children) in place
+            for the run, Pyro's bookkeeping staying eager; ``True`` or a ``torch.compile`` mode
+            (``"reduce-overhead"`` uses CUDA graphs, ``"max-autotune"``). Needs a C++ compiler on
+            the CPU (Triton on CUDA). Same parameter names, so checkpoints are unchanged.
+
+    Returns:
+        :class:`~pyro_vae.training.TrainResult` with the per-epoch history (earlier epochs
+        included on resume).
+
+    Raises:
+        ValueError: bad settings (names, sizes) with the valid choices in the message.
+        ModelGuideError: (a ``ValueError``) the pair breaks the contract; the message names
+            the rule and the site.
+        FileExistsError: ``out`` already holds a run and neither ``overwrite`` nor ``resume``.
+        CheckpointError: a checkpoint cannot be written (full disk: the previous one is left
+            intact) or, on resume, read or matched to this pair and these settings.
+        NonFiniteLossError: a non-finite loss or gradient (the step is named, not applied).
+        TrainingInterrupted: SIGINT/SIGTERM; the checkpoint was saved (when ``out`` is set).
+    """
+    if isinstance(data, torch.Tensor):
+        data = Dataset(name="tensor", train=data, test=None, image_shape=None, likelihood=None)
+    schedule, folder = schedule or KLSchedule(), RunFolder.of(out)
+    options = TrainerOptions(batch_size=batch_size, epochs=epochs, labels=labels, seed=seed,
+                             nonfinite_backoff=nonfinite_backoff, eval_batch_size=eval_batch_size,
+                             log_interval=log_interval, progress=progress, jit=jit, compile=compile)
+    _check_settings(data, options, elbo, schedule, folder)
+    get_elbo(elbo, num_particles, schedule.free_bits)  # bad names and settings fail before anything runs
+    if isinstance(optimizer, pyro.optim.PyroOptim):
+        optim, optimizer = optimizer, type(optimizer).__name__
+    else:
+        optim = make_optimizer(optimizer, lr)
+    if clear_params:
+        pyro.clear_param_store()
+    max_plate_nesting = _check_pair(model, guide, data, elbo, labels)
+    objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, jit=jit)
+    settings = _settings(data, options, elbo, num_particles, schedule, optimizer, lr, folder)
+    saved = None
+    if folder is not None and folder.resume:
+        saved = folder.load_for_resume(model, guide, data, labels, settings)
+        if saved["position"]["epoch"] >= epochs:
+            raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
+                             "more (epochs=N, --epochs N) to continue it")
+    module = owner_module(model, guide, module)
+    trainer = Trainer(model, guide, data, objective, optim, options, folder, {**(config or {}), **settings},
+                      module, saved, schedule)
+    return trainer.fit()
+
+
+def _check_settings(data: Dataset, options: TrainerOptions, elbo: str, schedule: KLSchedule,
+                    folder: RunFolder | None) -> None:
+    """Refuse bad sizes and combinations before anything runs, naming the setting."""
+    num_train, batch_size, world = data.train.shape[0], options.batch_size, distributed.world_size()
+    if num_train == 0:
+        raise ValueError("the training set is empty")
+    if not 0 < batch_size <= num_train:
+        raise ValueError(f"batch_size must be between 1 and the training set size {num_train}, got {batch_size}")
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes {world}")
+    if options.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {options.epochs}")
+    schedule.check(elbo, options.jit)
+    backoff = options.nonfinite_backoff
+    if backoff is not None and not 0 < backoff < 1:
+        raise ValueError(f"nonfinite_backoff must be a factor in (0, 1), got {backoff}")
+    if folder is not None:
+        folder.check_resumable()
+
+
+def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> int:
+    """Run :func:`check_model_guide` on training data without touching the RNG streams; returns
+    the pair's max plate nesting (so that the objective does not draw from the RNGs to guess it)."""
+    if labels and data.train_labels is None:
+        raise ValueError(f"labels=True but the data set {data.name!r} has no labels")
+    with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
+        x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
+        args = (data.train_labels[: len(x)],) if labels else ()
+        check_model_guide(model, guide, x, *args, elbo=elbo)
+        return guess_max_plate_nesting(model, guide, x[:2], *(a[:2] for a in args))
+
+
+def _settings(data: Dataset, options: TrainerOptions, elbo: str, num_particles: int, schedule: KLSchedule,
+              optimizer: str, lr: float, folder: RunFolder | None) -> dict:
+    """The resolved settings written to ``config.json`` (a resumed run must match most of them)."""
+    return dict(
+        elbo=elbo, num_particles=num_particles, labels=options.labels, kl_warmup_steps=schedule.warmup_steps,
+        free_bits=schedule.free_bits, optimizer=optimizer, lr=lr, batch_size=options.batch_size,
+        epochs=options.epochs, seed=options.seed, dataset=data.name, num_train=data.train.shape[0],
+        num_test=None if data.test is None else data.test.shape[0],
+        num_valid=None if data.valid is None else data.valid.shape[0],
+        checkpoint_every=folder.checkpoint_every if folder is not None else 0, device=str(data.device),
+        world_size=distributed.world_size(), jit=options.jit, compile=options.compile,
+    )

@@ -1,0 +1,110 @@
+"""The SVI step: the loss of one minibatch, its gradients, a finiteness check, one optimizer update.
+
+:class:`ELBOLoss` is the pair's objective as a ``torch.nn.Module`` (so that
+``DistributedDataParallel`` can wrap it) and :func:`svi_step` is what the trainer runs once per
+minibatch. A step whose loss or gradient is not finite is never applied; the trainer decides what
+happens next (:class:`NonFiniteLossError`, or a learning-rate back-off).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+
+from .. import distributed
+
+__all__ = ["ELBOLoss", "NonFiniteLossError", "ddp_loss", "owner_module", "svi_step"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A non-finite loss or gradient: the step that produced it was not applied."""
+
+
+class ELBOLoss(torch.nn.Module):
+    """The negative ELBO of a pair as a ``torch.nn.Module``.
+
+    The counterpart of Pyro's ``ELBOModule`` for pairs whose networks belong to one
+    ``nn.Module``: ``module`` holds every parameter the pair registers with ``pyro.module``, so
+    ``DistributedDataParallel`` can average their gradients.
+
+    Args:
+        module: the ``nn.Module`` holding the pair's networks, or ``None``.
+        objective: a Pyro ``ELBO`` with ``differentiable_loss`` (see :mod:`pyro_vae.objectives`).
+        model, guide: the pair.
+
+    ``forward(x, *args)`` returns the loss of the minibatch ``x`` (``(batch, D)``): a scalar
+    device tensor, in nats summed over the minibatch.
+    """
+
+    def __init__(self, module: torch.nn.Module | None, objective, model, guide):
+        super().__init__()
+        self.module, self.objective, self.model, self.guide = module, objective, model, guide
+
+    def forward(self, x, *args):
+        return self.objective.differentiable_loss(self.model, self.guide, x, *args)
+
+
+def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0) -> tuple[torch.Tensor, bool]:
+    """Loss and gradients on the minibatch ``x``, the optimizer step only if both are finite.
+
+    Args:
+        loss_fn: ``loss_fn(x, *args)`` returns the minibatch's loss (an :class:`ELBOLoss`).
+        optim: a ``PyroOptim`` (called as ``optim(params)``).
+        x, args: the minibatch and its per-datapoint arguments.
+        grad_scale: multiplies the loss before ``backward`` (the number of processes under DDP,
+            which averages gradients, so that the step follows the whole minibatch's gradient).
+
+    Returns:
+        ``(loss, applied)``: the loss as a detached device tensor (nats, summed over the
+        minibatch) and whether the update was applied. The finiteness check reads one boolean
+        (one host sync; agreed across processes when distributed).
+    """
+    with pyro.poutine.trace(param_only=True) as capture:
+        loss = loss_fn(x, *args)
+        (loss * grad_scale if grad_scale != 1.0 else loss).backward()
+    # one entry per tensor (a module registered under two names appears twice), as in Pyro's SVI
+    params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = torch.isfinite(loss.detach())
+    if grads:
+        finite = finite & torch.isfinite(_total_norm(grads))
+    applied = distributed.all_true(finite)
+    if applied:
+        optim(params)
+    for p in params:
+        p.grad = None
+    return loss.detach(), applied
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together, in one fused pass where torch has it (>= 2.6)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.stack([g.detach().norm() for g in grads]).norm()
+
+
+def owner_module(model, guide, module: torch.nn.Module | None = None) -> torch.nn.Module | None:
+    """``module`` if given, else the one ``nn.Module`` whose methods ``model`` and ``guide`` are."""
+    if module is not None:
+        return module
+    owners = {id(getattr(fn, "__self__", None)): getattr(fn, "__self__", None) for fn in (model, guide)}
+    owners = [m for m in owners.values() if isinstance(m, torch.nn.Module)]
+    return owners[0] if len(owners) == 1 else None
+
+
+def ddp_loss(loss: ELBOLoss, device: torch.device):
+    """Wrap the loss in ``DistributedDataParallel``; every parameter in Pyro's param store must be
+    a parameter of the pair's module (so DDP averages its gradient)."""
+    if loss.module is None:
+        raise ValueError("distributed training needs the nn.Module holding the pair's networks: make model and "
+                         "guide methods of one nn.Module (as the shipped pairs are) or pass module=...")
+    owned = {id(p) for p in loss.module.parameters()}
+    stray = [name for name, p in pyro.get_param_store().named_parameters() if id(p) not in owned]
+    if stray:
+        raise ValueError(f"distributed training: parameters {stray[:5]} are in Pyro's param store but not in the "
+                         "pair's nn.Module, so DistributedDataParallel would not average their gradients; "
+                         "register them as nn.Parameters of the module")
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index or 0] if device.type == "cuda" else None
+    return DistributedDataParallel(loss, device_ids=device_ids)

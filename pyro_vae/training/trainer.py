@@ -1,0 +1,269 @@
+"""The trainer: SVI epochs over a data set, each epoch ending with evaluation, logging and a checkpoint.
+
+:meth:`Trainer.fit` reads like the algorithm::
+
+    for each epoch:
+        for each minibatch (drawn on the device, in an order from the run's own generator):
+            one SVI step (pyro_vae.training.step.svi_step)
+            every log_interval steps: one host read of the running loss
+            every checkpoint_every steps, or on SIGINT/SIGTERM: a checkpoint
+        test (and validation) ELBO, metrics line, metrics.jsonl, checkpoint (and best.pt)
+
+The pieces it is built from each live in their own module: the step (:mod:`.step`), the run
+state (:mod:`.state`), the run folder (:mod:`.run_folder`), signals (:mod:`.signals`) and
+logging (:mod:`.logger`). :func:`pyro_vae.train` builds a trainer from its arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import pyro
+import torch
+
+from .. import distributed
+from ..data import Dataset
+from ..evaluation import evaluate_elbo
+from ..optim import scale_learning_rate
+from .checkpoint import save_checkpoint
+from .logger import RunLogger
+from .run_folder import RunFolder
+from .schedule import KLSchedule
+from .signals import stop_on_signals
+from .speed import compiled_networks, minibatch_sizes, record_jit_graphs
+from .state import RunState, TrainResult, get_rng_state
+from .step import ELBOLoss, NonFiniteLossError, ddp_loss, svi_step
+
+__all__ = ["MAX_BACKOFFS", "Trainer", "TrainerOptions"]
+
+MAX_BACKOFFS = 10
+"""A run with ``nonfinite_backoff`` stops after this many non-finite steps."""
+
+
+@dataclass
+class TrainerOptions:
+    """How a :class:`Trainer` runs (see :func:`pyro_vae.train` for each entry)."""
+
+    batch_size: int = 100
+    epochs: int = 1
+    labels: bool = False
+    seed: int | None = 0
+    nonfinite_backoff: float | None = None
+    eval_batch_size: int = 1000
+    log_interval: int = 100
+    progress: bool = True
+    jit: bool = False
+    compile: bool | str = False
+
+
+class Trainer:
+    """SVI for a checked model/guide pair on a data set.
+
+    Args:
+        model, guide: the pair (the steps run it with ``schedule`` applied; evaluation and
+            pictures use it as given).
+        data: the data set; its tensors stay on their device.
+        objective: the ELBO (see :func:`pyro_vae.objectives.get_elbo`).
+        optim: a ``PyroOptim``.
+        options: :class:`TrainerOptions`.
+        folder: the run folder, or ``None`` to write nothing.
+        config: the settings written to ``config.json`` and into every checkpoint.
+        module: the ``nn.Module`` holding the pair's networks (DDP, ``compile``), or ``None``.
+        resume_state: the entries of the checkpoint to continue from, or ``None`` for a fresh run.
+        schedule: the KL schedule (:class:`~pyro_vae.training.KLSchedule`), or ``None``.
+    """
+
+    def __init__(self, model, guide, data: Dataset, objective, optim, options: TrainerOptions,
+                 folder: RunFolder | None, config: dict, module=None, resume_state=None, schedule=None):
+        self.model, self.guide, self.data, self.optim = model, guide, data, optim
+        self.options, self.folder, self.config, self.module = options, folder, config, module
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.device, self.num_train = data.device, data.train.shape[0]
+        self.state = RunState(self.device)
+        if resume_state is not None:
+            optim.set_state(resume_state["optimizer"])
+            self.state.restore(resume_state, self.rank, options.seed)
+        else:
+            self.state.seed(options.seed, self.rank)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self._prepare_folder()
+        step_model, step_guide = (schedule or KLSchedule()).wrap(model, guide, lambda: self.state.position.step)
+        self.loss_fn = ELBOLoss(module, objective, step_model, step_guide)
+        if options.jit:
+            sizes = minibatch_sizes(self.num_train, options.batch_size, self.steps_per_epoch, self.world, self.rank)
+            record_jit_graphs(objective, step_model, step_guide, data, options.labels, sizes)
+        if self.world > 1:
+            self.loss_fn = ddp_loss(self.loss_fn, self.device)
+        self.writes = folder is not None and distributed.is_main()
+        self.logger = RunLogger(config["elbo"], options.epochs, self.steps_per_epoch, options.progress,
+                                folder.path / "tensorboard" if self.writes else None)
+
+    def _steps_per_epoch(self) -> int:
+        steps = math.ceil(self.num_train / self.options.batch_size)
+        remainder = self.num_train % self.options.batch_size
+        if self.world > 1 and remainder and remainder < self.world:
+            steps -= 1  # a last batch smaller than the number of processes is dropped
+        return steps
+
+    def _prepare_folder(self) -> None:
+        self.state.result.out = None if self.folder is None else self.folder.path
+        if self.folder is None:
+            return
+        self.folder.prepare()
+        if distributed.is_main():
+            self.folder.write_config(self.config)
+            self.folder.write_metrics(self.state.result.history)
+
+    def fit(self) -> TrainResult:
+        """For each epoch, for each minibatch, one SVI step; at the end of each epoch evaluate,
+        log and checkpoint. Returns the :class:`TrainResult` (earlier epochs included on resume)."""
+        # Pyro's per-step argument validation is off in the loop (about 1 ms a step on the CPU; a host
+        # sync per distribution on a GPU): check_model_guide has validated the pair, and a non-finite
+        # loss or gradient is still caught at its step.
+        with stop_on_signals() as self.stop, pyro.validation_enabled(False), \
+                compiled_networks(self.module, self.options.compile):
+            while self.state.position.epoch < self.options.epochs:
+                self._train_epoch()
+                self._end_epoch()
+        if self.writes:
+            self.folder.write_pictures(self.model, self.guide, self.data, self.state.result, self.config["elbo"],
+                                       self.options.batch_size, self.options.labels)
+        self.logger.close()
+        return self.state.result
+
+    def _train_epoch(self) -> None:
+        """The SVI steps of one epoch (the rest of it, when resumed inside an epoch)."""
+        pos, rng = self.state.position, self.state.data_rng
+        self._clock_start()
+        pos.start_epoch(rng, self.device)
+        x_epoch = self.data.train_epoch(generator=rng)
+        perm = torch.randperm(self.num_train, device=self.device, generator=rng)
+        self.logger.start_epoch(pos.epoch + 1, pos.batch)
+        for b in range(pos.batch, self.steps_per_epoch):
+            self._step(x_epoch, perm, b)
+            last = b + 1 == self.steps_per_epoch
+            self.logger.step(self._log_curve() if (b + 1) % self.options.log_interval == 0 or last else None)
+            interrupted = distributed.any_true(self.stop.signal is not None)
+            every = self.folder.checkpoint_every if self.folder is not None else 0
+            if not last and (interrupted or (every and pos.step % every == 0)):
+                self._clock_lap()
+                path = self._checkpoint()
+                if interrupted:
+                    self.logger.close_bar()
+                    self.stop.raise_interrupted(path, pos.step, self._where(pos.epoch + 1), self.state.result.out)
+        self._clock_lap()
+
+    def _step(self, x_epoch: torch.Tensor, perm: torch.Tensor, b: int) -> None:
+        """SVI step on minibatch ``b`` of the epoch (this process's share of it under torchrun)."""
+        pos, batch_size = self.state.position, self.options.batch_size
+        index = perm[b * batch_size : (b + 1) * batch_size]
+        points = index.shape[0]
+        if self.world > 1:
+            index = index.tensor_split(self.world)[self.rank]
+        args = (self.data.train_labels[index],) if self.options.labels else ()
+        loss, applied = svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world))
+        if not applied:
+            self._on_nonfinite(loss, b)
+        else:
+            pos.epoch_total = pos.epoch_total + loss
+            pos.interval_total = pos.interval_total + loss
+        pos.interval_points += points
+        pos.step += 1
+        pos.batch = b + 1
+
+    def _log_curve(self) -> float:
+        """Close a log interval: its mean training ELBO (nats per datapoint; one host read)."""
+        pos = self.state.position
+        value = -float(distributed.sum_tensor(pos.interval_total)) / max(pos.interval_points, 1)
+        self.state.result.curve.append(
+            {"step": pos.step, "samples_seen": pos.step * self.options.batch_size, "train_elbo": value})
+        pos.interval_total, pos.interval_points = torch.zeros((), device=self.device), 0
+        return value
+
+    def _end_epoch(self) -> None:
+        """Evaluate, record the epoch's metrics, log them and checkpoint."""
+        pos, result = self.state.position, self.state.result
+        result.train_seconds += pos.epoch_seconds
+        metrics = self._epoch_metrics()
+        result.history.append(metrics)
+        pos.end_epoch()
+        self.logger.end_epoch(metrics)
+        if self.folder is None:
+            return
+        improved = metrics.get("valid_elbo", -math.inf) > self.state.best_valid
+        if improved:
+            self.state.best_valid = metrics["valid_elbo"]
+        path = self._checkpoint()
+        if improved:
+            self._checkpoint("best.pt")
+        if self.writes:
+            self.folder.write_metrics(result.history)
+            self.logger.scalars(metrics, pos.step)
+        if distributed.any_true(self.stop.signal is not None) and pos.epoch < self.options.epochs:
+            self.stop.raise_interrupted(path, pos.step, self._where(pos.epoch), result.out)
+
+    def _epoch_metrics(self) -> dict:
+        """The epoch's training ELBO (the mean over its steps) and its test/validation ELBO."""
+        pos, options = self.state.position, self.options
+        epoch_points = min(self.steps_per_epoch * options.batch_size, self.num_train)
+        metrics = {
+            "epoch": pos.epoch + 1,
+            "step": pos.step,
+            "train_elbo": -float(distributed.sum_tensor(pos.epoch_total)) / epoch_points,
+            "train_seconds": pos.epoch_seconds,
+            "total_train_seconds": self.state.result.train_seconds,
+        }
+        for split in ("test", "valid"):
+            x = getattr(self.data, split)
+            if x is not None:
+                args = (getattr(self.data, f"{split}_labels"),) if options.labels else ()
+                metrics[f"{split}_elbo"], metrics[f"{split}_elbo_se"] = evaluate_elbo(
+                    self.model, self.guide, x, options.eval_batch_size, *args, distributed=True)
+        return metrics
+
+    def _checkpoint(self, name: str = "checkpoint.pt"):
+        """Save the current state (every process takes part; the main process writes)."""
+        rng_states = distributed.gather_objects(get_rng_state())
+        if not self.writes:
+            return None
+        pos = self.state.position
+        return save_checkpoint(self.folder.path / name, self.optim, step=pos.step, epoch=pos.epoch,
+                               **self.state.checkpoint_entries(rng_states, self.config, self.options.epochs))
+
+    def _on_nonfinite(self, loss: torch.Tensor, b: int) -> None:
+        """A step whose loss or gradient was not finite (and was not applied): stop, or back off."""
+        pos, skipped, backoff = self.state.position, self.state.result.skipped_steps, self.options.nonfinite_backoff
+        where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, minibatch {b + 1})"
+        kept = (f"; the last good checkpoint {self.folder.checkpoint} is intact"
+                if self.folder is not None and self.folder.checkpoint.exists() else "")
+        if backoff is None or len(skipped) >= MAX_BACKOFFS:
+            why = "" if backoff is None else f" for the {MAX_BACKOFFS + 1}th time (nonfinite_backoff gives up)"
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at {where}{why}: loss {float(loss)}; the step was not applied{kept}. "
+                "Lower the learning rate, or pass nonfinite_backoff (--nonfinite-backoff) to skip such steps")
+        scale_learning_rate(self.optim, backoff)
+        factor = backoff ** (len(skipped) + 1)
+        skipped.append({"step": pos.step + 1, "epoch": pos.epoch + 1, "lr_factor": factor})
+        self.logger.message(f"non-finite loss or gradient at {where}: step skipped, learning rate now x{factor:g}")
+
+    def _where(self, epoch: int) -> str:
+        pos = self.state.position
+        return f"step {pos.step} (epoch {epoch}, minibatch {pos.batch}/{self.steps_per_epoch})"
+
+    def _clock_start(self) -> None:
+        _sync(self.device)
+        self._started = time.perf_counter()
+
+    def _clock_lap(self) -> None:
+        """Add the time since the last start or lap to the epoch's seconds (after the device's work)."""
+        _sync(self.device)
+        now = time.perf_counter()
+        self.state.position.epoch_seconds += now - self._started
+        self._started = now
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
