@@ -3,9 +3,10 @@
 Both are computed in bounded memory from a stream of log-weight chunks (see
 :class:`StreamingLogWeights`): the ESS needs two running sums, and the PSIS k-hat of
 Vehtari et al. (2024) depends only on the ``M + 1`` largest weights, ``M = ceil(min(K / 5,
-3 sqrt(K)))``, which are kept with a running top-k. k-hat itself is computed by ``arviz.psislw``
-on an array that has those largest log-weights and, in place of the others, the cut-off value
-(which PSIS ignores), so it equals arviz's value on the full array.
+3 sqrt(K)))``, which are kept with a running top-k. k-hat itself is computed by :func:`psislw`
+(arviz's PSIS, see there for which arviz function) on an array that has those largest
+log-weights and, in place of the others, the cut-off value (which PSIS ignores), so it equals
+arviz's value on the full array.
 
 Reading k-hat (Vehtari et al.): below 0.5 the importance-sampling estimate is reliable; between
 0.5 and 0.7 it is usable but with a slower convergence; above 0.7 the guide is a poor proposal
@@ -14,13 +15,23 @@ for that datapoint and the estimate of log p(x) is unreliable (typically biased 
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import math
+import re
 import warnings
 
 import numpy as np
 import torch
 
-__all__ = ["KHAT_THRESHOLDS", "StreamingLogWeights", "pareto_k_from_tail", "psis_tail_length"]
+__all__ = [
+    "KHAT_THRESHOLDS",
+    "StreamingLogWeights",
+    "pareto_k_from_tail",
+    "psis_backend",
+    "psis_tail_length",
+    "psislw",
+]
 
 KHAT_THRESHOLDS = (0.5, 0.7)
 MIN_SAMPLES_FOR_KHAT = 100
@@ -100,14 +111,83 @@ def pareto_k_from_tail(tail: torch.Tensor, num_samples: int) -> np.ndarray:
     num_points = tail.shape[1]
     if num_samples < MIN_SAMPLES_FOR_KHAT:
         return np.full(num_points, np.nan)
-    import arviz as az
-
     top = tail.cpu().numpy().T  # (B, M + 1), descending
     cutoff = top[:, -1:]
     rows = np.empty((num_points, num_samples))
     rows[:, : top.shape[1]] = top
     rows[:, top.shape[1] :] = cutoff
+    _, khat = psislw(rows)
+    return khat
+
+
+@functools.cache
+def psis_backend() -> str:
+    """Which PSIS implementation :func:`psislw` calls, chosen by the installed arviz's major version.
+
+    ``"arviz"``: arviz 0.x (the newest arviz on Python 3.10 and 3.11), ``arviz.psislw``.
+    ``"arviz_stats"``: arviz >= 1.0 (Python >= 3.12), which has no ``arviz.psislw``; PSIS lives in
+    the ``arviz-stats`` package (a dependency of arviz 1.x, and of this package on Python >= 3.12)
+    as ``arviz_stats.base.array_stats.psislw``. Also used when arviz itself is not installed.
+    """
+    try:
+        version = importlib.metadata.version("arviz")
+    except importlib.metadata.PackageNotFoundError:
+        return "arviz_stats"
+    major = re.match(r"\d+", version)
+    return "arviz" if major is not None and int(major.group()) < 1 else "arviz_stats"
+
+
+def psislw(log_weights) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed importance sampling with ``reff = 1``, on either line of arviz.
+
+    Args:
+        log_weights: ``(..., S)`` array of log importance weights, the samples on the last axis.
+
+    Returns:
+        ``(smoothed, khat)``: the ``(..., S)`` Pareto-smoothed log-weights, normalized to
+        ``logsumexp = 0`` along the last axis, and the ``(...)`` k-hat, float64.
+
+    arviz 0.x (see :func:`psis_backend`): ``arviz.psislw(log_weights, reff=1)``, unchanged. Its
+    tail is the ``M = ceil(min(S / 5, 3 sqrt(S)))`` largest weights and, where fewer than 5
+    weights lie strictly above the cut-off (ties, e.g. all weights equal), k-hat is ``inf`` and
+    the weights are not smoothed.
+
+    arviz >= 1: ``arviz_stats.base.array_stats.psislw(-log_weights, r_eff=1)``. That function takes
+    the *negated* log-weights (its input is a log-likelihood, as in PSIS-LOO). Its tail has
+    ``floor`` instead of ``ceil`` of the same length, so k-hat may differ from arviz 0.x's in
+    the second decimal (Monte Carlo noise of the fit, not a different definition). A tail it
+    cannot fit (it raises ``ValueError`` when the tail is all ties or ``S < 25``, and gives NaN
+    when many tail weights tie with the cut-off) is reported as arviz 0.x reports a tail too
+    short to fit: k-hat ``inf``, weights only normalized. So k-hat is never NaN here.
+    """
+    lw = np.array(log_weights, dtype=np.float64)  # a copy: neither arviz line may write into it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, khat = az.psislw(rows, reff=1.0)
-    return np.asarray(khat, dtype=np.float64)
+        if psis_backend() == "arviz":
+            import arviz as az
+
+            smoothed, khat = az.psislw(lw, reff=1.0)
+            return np.asarray(smoothed, dtype=np.float64), np.asarray(khat, dtype=np.float64)
+        from arviz_stats.base import array_stats
+
+        try:
+            smoothed, khat = array_stats.psislw(-lw, r_eff=1.0)
+        except ValueError:  # some row's tail is all ties: fit row by row, those rows get inf
+            rows = lw.reshape(-1, lw.shape[-1])
+            smoothed, khat = np.empty_like(rows), np.empty(rows.shape[0])
+            for i, row in enumerate(rows):
+                try:
+                    smoothed[i], khat[i] = array_stats.psislw(-row, r_eff=1.0)
+                except ValueError:
+                    smoothed[i], khat[i] = row - _logsumexp(row), np.inf
+            smoothed, khat = smoothed.reshape(lw.shape), khat.reshape(lw.shape[:-1])
+    smoothed = np.asarray(smoothed, dtype=np.float64)
+    khat = np.asarray(khat, dtype=np.float64)
+    return smoothed, np.where(np.isnan(khat), np.inf, khat)
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = np.max(x)
+    if not np.isfinite(top):
+        return float(top)
+    return float(top + np.log(np.sum(np.exp(x - top))))

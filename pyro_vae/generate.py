@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 
-__all__ = ["reconstruct", "sample_prior"]
+__all__ = ["observed_mean", "reconstruct", "sample_prior"]
 
 
-def _observed_mean(trace, skip: str | None = None) -> torch.Tensor:
-    """Mean of the first observed site's distribution (``skip``: a site fixed by conditioning)."""
+def observed_mean(trace, skip: str | None = None) -> torch.Tensor:
+    """Mean of the first observed site's distribution in a model ``trace`` (``skip``: a site fixed by
+    conditioning), e.g. ``(batch, D)`` pixel probabilities for a Bernoulli likelihood."""
     observed = [site for name, site in trace.nodes.items()
                 if site["type"] == "sample" and site["is_observed"] and name != skip]
     if not observed:
@@ -30,7 +31,7 @@ def sample_prior(model, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """
     with poutine.block():
         trace = poutine.trace(model).get_trace(x, *args, **kwargs)
-    return _observed_mean(trace).reshape(x.shape)
+    return observed_mean(trace).reshape(x.shape)
 
 
 @torch.no_grad()
@@ -39,4 +40,4 @@ def reconstruct(model, guide, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
-    return _observed_mean(trace).reshape(x.shape)
+    return observed_mean(trace).reshape(x.shape)

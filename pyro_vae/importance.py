@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
+
+from .pyro_internals import is_deterministic, scale_and_mask, site_is_subsample
 
 __all__ = ["LogWeights", "guess_max_plate_nesting", "log_importance_weights", "sample_sites"]
 
@@ -67,7 +67,7 @@ def sample_sites(trace, observed: bool | None = None):
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        if site["infer"].get("_deterministic"):
+        if is_deterministic(site):
             continue
         if observed is not None and site["is_observed"] != observed:
             continue
@@ -157,40 +157,61 @@ def log_importance_weights(
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    total_dims = max_plate_nesting + 1
+    model_trace, guide_trace = _trace_particles(model, guide, args, kwargs, num_particles, max_plate_nesting)
+    _check_sites_match(model_trace, guide_trace)
+    log_w, scales, subsampled = _sum_log_weights(
+        model_trace, guide_trace, num_particles, max_plate_nesting + 1, data_plate, require_reparam
+    )
+    if log_w is None:
+        raise ValueError("the model has no sample sites")
+    return LogWeights(log_w, _common_scale(scales), subsampled)
+
+
+def _trace_particles(model, guide, args, kwargs, num_particles: int, max_plate_nesting: int):
+    """``(model_trace, guide_trace)``: the guide run with ``K`` particles in an outer plate, the
+    model replayed against its draws."""
     guide_trace = poutine.trace(_vectorize(guide, num_particles, max_plate_nesting)).get_trace(
         *args, **kwargs
     )
     model_trace = poutine.trace(
         poutine.replay(_vectorize(model, num_particles, max_plate_nesting), trace=guide_trace)
     ).get_trace(*args, **kwargs)
-    _check_sites_match(model_trace, guide_trace)
+    return model_trace, guide_trace
 
-    log_w = None
-    scales = []
-    subsampled = False
-    shape = None
+
+def _sum_log_weights(model_trace, guide_trace, num_particles, total_dims, data_plate, require_reparam):
+    """``(log_w, scales, subsampled)``: the ``(K, B)`` sum of the model's log-densities minus the
+    guide's (``None`` without sites), every site's scale, and whether the data plate is subsampled."""
+    log_w, scales, subsampled, shape = None, [], False, None
     for sign, trace, observed in ((1.0, model_trace, None), (-1.0, guide_trace, False)):
         for name, site in sample_sites(trace, observed=observed):
             frame = _data_frame(name, site, data_plate)
             subsampled = subsampled or (frame.full_size is not None and frame.full_size != frame.size)
             if shape is None:
                 shape = (num_particles, frame.size)
-            if require_reparam and sign < 0 and not site["fn"].has_rsample:
-                raise ValueError(
-                    f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "
-                    "this objective needs reparameterized guide samples"
-                )
-            lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+            if require_reparam and sign < 0:
+                _check_reparameterized(name, site)
+            lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])  # unscaled
             lp = _per_datapoint(lp, total_dims, frame.dim, shape)
             log_w = sign * lp if log_w is None else log_w + sign * lp
             scales.append(site["scale"])
-    if log_w is None:
-        raise ValueError("the model has no sample sites")
+    return log_w, scales, subsampled
+
+
+def _check_reparameterized(name: str, site) -> None:
+    if not site["fn"].has_rsample:
+        raise ValueError(
+            f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "
+            "this objective needs reparameterized guide samples"
+        )
+
+
+def _common_scale(scales: list):
+    """The scale shared by all sites, or ``None`` when they differ."""
     scale = scales[0]
     if any(s is not scale and not _same_scale(s, scale) for s in scales[1:]):
-        scale = None
-    return LogWeights(log_w, scale, subsampled)
+        return None
+    return scale
 
 
 def _same_scale(a, b) -> bool:

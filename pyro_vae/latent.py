@@ -15,7 +15,7 @@ import torch
 from pyro import poutine
 
 from .evaluation import estimate_log_likelihood
-from .generate import _observed_mean
+from .generate import observed_mean
 from .importance import sample_sites
 from .plots import save_image_grid
 
@@ -61,7 +61,7 @@ def decode(model, z: torch.Tensor, data_dim: int, *args, site: str = "z", **kwar
 def _decode(model, z, x_like, args, kwargs, site):
     with poutine.block():
         trace = poutine.trace(poutine.condition(model, data={site: z})).get_trace(x_like, *args, **kwargs)
-    return _observed_mean(trace, skip=site).reshape(x_like.shape)
+    return observed_mean(trace, skip=site).reshape(x_like.shape)
 
 
 def _first_site(guide, x, args, kwargs):

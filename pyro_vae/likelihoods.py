@@ -4,15 +4,15 @@ A likelihood turns a decoder's raw output into a Pyro distribution over one flat
 datapoint, with the pixel dimension as the event dimension (``.to_event(1)``), so that
 ``log_prob`` returns one number per datapoint, in nats.
 
-====================  ========================  ==============================================
+====================  =========================  ===============================================
 name                  decoder outputs per pixel  distribution
-====================  ========================  ==============================================
-bernoulli             1 (logit)                 ``Bernoulli(logits)``; data must be 0/1
-continuous-bernoulli  1 (logit)                 ``ContinuousBernoulli(logits)`` (Loaiza-Ganem &
-                                                Cunningham 2019); grey levels in [0, 1]
-gaussian              2 (mean, scale)           ``Normal(sigmoid(a), softplus(b) + 1e-3)``
-gaussian-fixed        1 (mean)                  ``Normal(sigmoid(a), 0.1)``
-====================  ========================  ==============================================
+====================  =========================  ===============================================
+bernoulli             1 (logit)                  ``Bernoulli(logits)``; data must be 0/1
+continuous-bernoulli  1 (logit)                  ``ContinuousBernoulli(logits)`` (Loaiza-Ganem &
+                                                 Cunningham 2019); grey levels in [0, 1]
+gaussian              2 (mean, scale)            ``Normal(sigmoid(a), softplus(b) + 1e-3)``
+gaussian-fixed        1 (mean)                   ``Normal(sigmoid(a), 0.1)``
+====================  =========================  ===============================================
 
 The learned Gaussian's scale has a floor of 1e-3 (in the data's units, pixels in [0, 1]) so that
 a pixel that never varies cannot drive the density to infinity. The fixed one uses a standard
@@ -32,51 +32,48 @@ __all__ = ["LIKELIHOODS", "Likelihood", "get_likelihood"]
 
 
 class Likelihood:
-    """Base class: ``params_per_pixel`` raw decoder outputs per pixel -> a distribution."""
+    """Base class: ``params_per_pixel`` raw decoder outputs per pixel -> a distribution.
+
+    Attributes:
+        name: the registered name (a key of :data:`LIKELIHOODS`).
+        params_per_pixel: raw decoder outputs per pixel; a decoder for ``D`` pixels outputs
+            ``params_per_pixel * D`` floats.
+    """
 
     name: str = ""
     params_per_pixel: int = 1
 
     def __call__(self, out: torch.Tensor) -> dist.TorchDistribution:
-        """``out``: ``(..., params_per_pixel * D)`` -> distribution with event shape ``(D,)``."""
+        """``out``: ``(..., params_per_pixel * D)`` float -> distribution with batch shape ``(...)``
+        and event shape ``(D,)``, whose ``log_prob`` is in nats per datapoint."""
         raise NotImplementedError
-
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise ``ValueError`` if ``x`` lies outside the support of this likelihood."""
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{what} contains NaN or infinite values")
 
 
 class Bernoulli(Likelihood):
+    """``Bernoulli(logits=out)`` per pixel: ``out`` ``(..., D)`` logits; data 0/1 floats."""
+
     name = "bernoulli"
     params_per_pixel = 1
 
     def __call__(self, out):
         return dist.Bernoulli(logits=out).to_event(1)
 
-    def check_data(self, x, what="data"):
-        super().check_data(x, what)
-        if not ((x == 0) | (x == 1)).all():
-            raise ValueError(
-                f"{what} is not binary but the likelihood is Bernoulli: binarize it "
-                "(dynamic or fixed-seed Bernoulli draws) or choose a likelihood for grey levels"
-            )
-
 
 class ContinuousBernoulli(Likelihood):
+    """``ContinuousBernoulli(logits=out)`` per pixel: ``out`` ``(..., D)`` logits; data grey levels
+    in [0, 1]; density in nats with respect to Lebesgue measure on [0, 1]^D."""
+
     name = "continuous-bernoulli"
     params_per_pixel = 1
 
     def __call__(self, out):
         return dist.ContinuousBernoulli(logits=out).to_event(1)
 
-    def check_data(self, x, what="data"):
-        super().check_data(x, what)
-        if not ((x >= 0) & (x <= 1)).all():
-            raise ValueError(f"{what} has values outside [0, 1] but the likelihood is continuous-bernoulli")
-
 
 class Gaussian(Likelihood):
+    """``Normal(sigmoid(a), softplus(b) + 1e-3)`` per pixel: ``out`` ``(..., 2 * D)`` is ``[a, b]``
+    (the first ``D`` values are ``a``); scale in pixel units; density in nats on R^D."""
+
     name = "gaussian"
     params_per_pixel = 2
 
@@ -86,6 +83,9 @@ class Gaussian(Likelihood):
 
 
 class GaussianFixed(Likelihood):
+    """``Normal(sigmoid(out), 0.1)`` per pixel: ``out`` ``(..., D)``; the standard deviation is 0.1
+    pixel units for every pixel; density in nats on R^D."""
+
     name = "gaussian-fixed"
     params_per_pixel = 1
     scale = 0.1

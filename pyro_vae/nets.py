@@ -15,7 +15,8 @@ __all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "mlp"]
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """``sizes[0] -> sizes[1] -> ... -> sizes[-1]``, a tanh after every linear layer."""
+    """``sizes[0] -> sizes[1] -> ... -> sizes[-1]``, a tanh after every linear layer: maps
+    ``(..., sizes[0])`` to ``(..., sizes[-1])``."""
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(n_in, n_out), nn.Tanh()]
@@ -42,6 +43,7 @@ class MLPEncoder(nn.Module):
         self.log_var = nn.Linear(widths[-1], latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)``, each ``(..., latent_dim)``, for ``x`` ``(..., in_dim)``."""
         h = self.hidden(x)
         return self.loc(h), torch.exp(0.5 * self.log_var(h))
 
@@ -56,6 +58,7 @@ class MLPDecoder(nn.Module):
         self.out = nn.Linear(widths[-1], out_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw likelihood parameters ``(..., out_dim)`` for ``z`` ``(..., latent_dim)``."""
         return self.out(self.hidden(z))
 
 
@@ -87,6 +90,7 @@ class ConvEncoder(nn.Module):
         self.head = MLPEncoder(64 * (height // 4) * (width // 4), hidden_dim, latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)``, each ``(..., latent_dim)``, for images ``x`` ``(..., H * W)``."""
         batch = x.shape[:-1]
         h = self.conv(x.reshape(-1, 1, *self.image_shape))
         loc, scale = self.head(h)
@@ -115,6 +119,7 @@ class ConvDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw likelihood parameters ``(..., channels * H * W)`` for ``z`` ``(..., latent_dim)``."""
         batch = z.shape[:-1]
         h = self.dense(z).reshape(-1, *self.feature_shape)
         return self.deconv(h).reshape(*batch, -1)

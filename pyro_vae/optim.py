@@ -20,6 +20,14 @@ import pyro.optim
 import torch
 
 from .names import unknown_name
+from .pyro_internals import (
+    optim_args,
+    optim_constructor,
+    pending_optim_state,
+    per_param_optimizers,
+    set_optim_args,
+    set_pending_optim_state,
+)
 
 __all__ = ["OPTIMIZERS", "FusedOptim", "build_torch_optimizer", "make_optimizer", "scale_learning_rate", "set_learning_rate"]
 
@@ -68,13 +76,13 @@ class FusedOptim(pyro.optim.PyroOptim):
 
     def _rebuild(self, new: list[torch.Tensor]) -> None:
         """A new torch optimizer over the old and the new parameters, keeping every state."""
-        waiting = {**self._state_waiting_to_be_consumed, **self.get_state()}
+        waiting = {**pending_optim_state(self), **self.get_state()}
         self._params = self._params + new
         self._seen = set(self._params)
-        self.optimizer = build_torch_optimizer(self.pt_optim_constructor, self._params, self.pt_optim_args)
+        self.optimizer = build_torch_optimizer(optim_constructor(self), self._params, optim_args(self))
         names = [pyro.get_param_store().param_name(p) for p in self._params]
         saved = [waiting.pop(name, None) if name is not None else None for name in names]
-        self._state_waiting_to_be_consumed = waiting
+        set_pending_optim_state(self, waiting)
         if any(s is not None for s in saved):
             group = {k: v for k, v in next(s for s in saved if s is not None)["param_groups"][0].items()
                      if k != "params"}
@@ -87,7 +95,7 @@ class FusedOptim(pyro.optim.PyroOptim):
     def get_state(self) -> dict:
         """``{param name: state_dict of a one-parameter optimizer}``, as ``PyroOptim.get_state``."""
         if self.optimizer is None:
-            return dict(self._state_waiting_to_be_consumed)
+            return dict(pending_optim_state(self))
         full = self.optimizer.state_dict()  # one param group (see _rebuild), indices 0..n-1
         hyper = {k: v for k, v in full["param_groups"][0].items() if k != "params"}
         state = {}
@@ -102,15 +110,16 @@ class FusedOptim(pyro.optim.PyroOptim):
 def _torch_optimizers(optim: pyro.optim.PyroOptim) -> list[torch.optim.Optimizer]:
     if isinstance(optim, FusedOptim):
         return [] if optim.optimizer is None else [optim.optimizer]
-    return list(optim.optim_objs.values())
+    return per_param_optimizers(optim)
 
 
 def _update_lr(optim: pyro.optim.PyroOptim, update) -> None:
     for opt in _torch_optimizers(optim):
         for group in opt.param_groups:
             group["lr"] = update(group["lr"])
-    if isinstance(optim.pt_optim_args, dict) and "lr" in optim.pt_optim_args:
-        optim.pt_optim_args = {**optim.pt_optim_args, "lr": update(optim.pt_optim_args["lr"])}
+    args = optim_args(optim)
+    if isinstance(args, dict) and "lr" in args:
+        set_optim_args(optim, {**args, "lr": update(args["lr"])})
 
 
 def scale_learning_rate(optim: pyro.optim.PyroOptim, factor: float) -> None:

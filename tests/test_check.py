@@ -127,6 +127,24 @@ def test_non_reparameterizable_site_under_iwae(x):
     _raises(r"guide site 'z' \(Bernoulli\) is not reparameterizable", discrete_model, discrete_guide, x, elbo="iwae")
 
 
+def test_rules_are_checked_site_by_site(x):
+    """Every rule of the first guide site is checked before any of the next: here the first site
+    is not reparameterizable and the second has the wrong event shape."""
+    def two_site_model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("a", dist.Bernoulli(x.new_full((Z,), 0.5)).to_event(1))
+            z = pyro.sample("z", dist.Normal(x.new_zeros(Z), 1.0).to_event(1))
+            pyro.sample("x", _decode(z), obs=x)
+
+    def two_site_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("a", dist.Bernoulli(x.new_full((Z,), 0.5)).to_event(1))
+            pyro.sample("z", dist.Normal(x.new_zeros(Z + 1), 1.0).to_event(1))
+
+    _raises(r"guide site 'a' \(Bernoulli\) is not reparameterizable", two_site_model, two_site_guide, x, elbo="iwae")
+    _raises(r"site 'z': the guide's event_shape \(3,\) differs", two_site_model, two_site_guide, x)
+
+
 def test_grey_pixels_under_bernoulli(x):
     grey = x.clone()
     grey[15, 0] = 0.5  # beyond the first batch: the support check covers every datapoint

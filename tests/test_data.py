@@ -140,3 +140,23 @@ def test_corrupt_files_are_refused(data_root, tmp_path):
     with pytest.raises(ValueError, match="truncated"):
         read_idx(idx)
     assert read_idx(data_root / "MNIST/raw/t10k-labels-idx1-ubyte.gz").dtype == np.uint8
+
+
+def test_package_layers_and_exports(data_root):
+    """files -> formats -> datasets: a lower layer never imports a higher one; the package
+    re-exports every public name of its modules; the readers return the publishers' pixels."""
+    import ast
+    import importlib
+
+    import pyro_vae.data as data
+
+    layers = ["files", "formats", "datasets"]
+    for i, layer in enumerate(layers):
+        module = importlib.import_module(f"pyro_vae.data.{layer}")
+        imported = {node.module for node in ast.walk(ast.parse(open(module.__file__).read()))
+                    if isinstance(node, ast.ImportFrom) and node.level > 0}
+        assert not imported & set(layers[i + 1:]), f"{layer} imports a later layer: {imported}"
+    assert all(getattr(data, name) is not None for name in data.__all__)
+    assert {"load_dataset", "Dataset", "read_frey", "DataNotFoundError"} <= set(data.__all__)
+    faces = data.read_frey(data_root / "FreyFace" / "frey_rawface.mat")
+    assert faces.shape == (1965, 28, 20) and faces.dtype == np.uint8

@@ -1,4 +1,8 @@
-"""Latent-space tools on a VAE trained on real MNIST."""
+"""Latent-space tools on a VAE trained on real MNIST; pictures that leave matplotlib's backend alone."""
+
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -48,3 +52,40 @@ def test_manifold_and_pictures(mnist, tmp_path):
     paths = latent_pictures(vae.model, vae.guide, mnist.test[:40], (28, 28), tmp_path, num_samples=5)
     for path in paths.values():
         assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+_PICTURES_SCRIPT = """
+import sys
+import matplotlib
+matplotlib.use("svg")  # a user's backend (a notebook's would be inline), set before pyro_vae is imported
+import torch
+import pyro_vae
+from pyro_vae.plots import plot_elbo_curves, plot_log_likelihood_diagnostics, save_image_grid
+
+out = sys.argv[1]
+save_image_grid(torch.rand(4, 16), (4, 4), out + "/grid.png", title="grid")
+result = pyro_vae.LogLikelihoodResult(torch.randn(6, dtype=torch.float64), 200,
+                                      {1: torch.randn(6, dtype=torch.float64) - 1}, torch.rand(6) * 200,
+                                      torch.rand(6, dtype=torch.float64))
+plot_log_likelihood_diagnostics(result, torch.rand(6, 16), (4, 4), out + "/diagnostics.png")
+
+class Run:
+    curve = [{"samples_seen": 100 * i, "train_elbo": -200.0 + i} for i in range(1, 20)]
+    history = [{"step": 10, "test_elbo": -190.0, "test_elbo_se": 1.0}]
+
+plot_elbo_curves({"trace": Run()}, out + "/curves.png", batch_size=10)
+import matplotlib.pyplot as plt
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+
+
+def test_pictures_leave_the_matplotlib_backend_alone(tmp_path):
+    """Importing pyro_vae and writing pictures neither switches the user's backend nor leaves
+    figures open in pyplot (in a fresh process: the backend is global)."""
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    run = subprocess.run([sys.executable, "-c", _PICTURES_SCRIPT, str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["svg", "0"]
+    for name in ("grid", "diagnostics", "curves"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,9 @@ conditional   :class:`ConditionalVAE`, labels as an extra argument
 iaf           :class:`FlowVAE`, inverse autoregressive flow guide
 ============  ===================================================================
 
-Every pair takes ``beta`` (beta-VAE: the latent sites scaled in model and guide).
+Every pair takes ``beta`` (beta-VAE: the latent sites scaled in model and guide). The pairs with
+one latent site ``z`` (all but ``hierarchical``) share their model and guide through
+:class:`SingleLatentVAE`; each builds its own nets.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from .conv import ConvVAE
 from .flow import FlowVAE
 from .hierarchical import HierarchicalVAE
 from .mlp import VAE
+from .single import SingleLatentVAE
 from ..names import unknown_name
 
 __all__ = [
-    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "PairModule", "VAE",
-    "build_model", "model_options",
+    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "PairModule", "SingleLatentVAE",
+    "VAE", "build_model", "model_options",
 ]
 
 MODELS: dict[str, type[PairModule]] = {

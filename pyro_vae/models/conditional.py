@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from ..nets import MLPDecoder, MLPEncoder
-from .mlp import VAE
+from .single import SingleLatentVAE
 
 __all__ = ["ConditionalVAE"]
 
 
-class ConditionalVAE(VAE):
-    """``p(z) p(x | z, y)`` and ``q(z | x, y)`` with one-hot labels ``y`` fed to both nets.
+class ConditionalVAE(SingleLatentVAE):
+    """``p(z) p(x | z, y)`` and ``q(z | x, y)`` with one-hot labels ``y`` fed to both nets (the
+    model and guide of :class:`~pyro_vae.models.SingleLatentVAE` around MLP nets).
 
     Called as ``model(x, y)`` / ``guide(x, y)`` with ``x`` ``(batch, data_dim)`` and ``y``
     ``(batch,)`` integer labels in ``[0, num_classes)``. Sites and module names are those of
@@ -28,7 +29,7 @@ class ConditionalVAE(VAE):
 
     def __init__(self, data_dim: int, latent_dim: int = 20, hidden_dim: int = 500, num_classes: int = 10,
                  likelihood: str = "bernoulli", beta: float = 1.0):
-        super(VAE, self).__init__(data_dim, latent_dim, likelihood, beta)
+        super().__init__(data_dim, latent_dim, likelihood, beta)
         self.num_classes = num_classes
         self.encoder = MLPEncoder(data_dim + num_classes, hidden_dim, latent_dim)
         self.decoder = MLPDecoder(latent_dim + num_classes, hidden_dim,
@@ -45,11 +46,11 @@ class ConditionalVAE(VAE):
         return F.one_hot(y, self.num_classes).to(x.dtype)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """p(z) p(x | z, y)."""
+        """p(z) p(x | z, y) for ``x`` ``(batch, data_dim)`` and integer labels ``y`` ``(batch,)``."""
         c = self._one_hot(x, y)
         self._model(x, lambda z: self.decoder(torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)))
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """q(z | x, y)."""
+        """q(z | x, y) for ``x`` ``(batch, data_dim)`` and integer labels ``y`` ``(batch,)``."""
         c = self._one_hot(x, y)
         self._guide(x, lambda: self.encoder(torch.cat([x, c], -1)))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..nets import ConvDecoder, ConvEncoder
-from .mlp import VAE
+from .single import SingleLatentVAE
 
 __all__ = ["ConvVAE"]
 
 
-class ConvVAE(VAE):
-    """The :class:`~pyro_vae.models.VAE` pair with convolutional nets.
+class ConvVAE(SingleLatentVAE):
+    """The :class:`~pyro_vae.models.VAE` pair with convolutional nets (model and guide from
+    :class:`~pyro_vae.models.SingleLatentVAE`).
 
     Encoder: 4x4 stride-2 convolutions with 32 and 64 channels (ReLU), a tanh hidden layer,
     a diagonal Normal head. Decoder: the mirror image with transposed convolutions, one output
@@ -25,7 +26,7 @@ class ConvVAE(VAE):
 
     def __init__(self, data_dim: int, image_shape: tuple[int, int] = (28, 28), latent_dim: int = 20,
                  hidden_dim: int = 500, likelihood: str = "bernoulli", beta: float = 1.0):
-        super(VAE, self).__init__(data_dim, latent_dim, likelihood, beta)
+        super().__init__(data_dim, latent_dim, likelihood, beta)
         if image_shape is None or image_shape[0] * image_shape[1] != data_dim:
             raise ValueError(f"image_shape {image_shape} does not match data_dim {data_dim}")
         self.image_shape = tuple(image_shape)

@@ -44,9 +44,11 @@ class FlowVAE(VAE):
         )
 
     def guide(self, x: torch.Tensor) -> None:
-        """q(z | x): a diagonal Normal pushed through the flows."""
+        """q(z | x) for ``x`` ``(batch, data_dim)``: a diagonal Normal pushed through the flows."""
         pyro.module("flows", self.flows)
         super().guide(x)
 
     def posterior(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.TorchDistribution:
+        """``Normal(loc, scale)`` (each ``(..., latent_dim)``) pushed through the flows; event shape
+        ``(latent_dim,)``."""
         return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), list(self.flows))

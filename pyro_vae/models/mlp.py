@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import pyro
-import pyro.distributions as dist
-import torch
-
 from ..nets import MLPDecoder, MLPEncoder
-from .base import PairModule
+from .single import SingleLatentVAE
 
 __all__ = ["VAE"]
 
 
-class VAE(PairModule):
+class VAE(SingleLatentVAE):
     """Auto-Encoding Variational Bayes with one tanh hidden layer in encoder and decoder.
 
     Generative model (``model``)::
@@ -31,9 +25,9 @@ class VAE(PairModule):
     with ``pyro.module`` under the names ``"decoder"`` (model) and ``"encoder"`` (guide), so any
     Pyro ELBO trains the pair, with or without :func:`pyro_vae.train`.
 
-    Subclasses change the nets (:class:`~pyro_vae.models.ConvVAE`), the inputs of the nets
-    (:class:`~pyro_vae.models.ConditionalVAE`) or the guide's distribution
-    (:class:`~pyro_vae.models.FlowVAE`) through :meth:`posterior`, ``_model`` and ``_guide``.
+    The model and guide come from :class:`~pyro_vae.models.SingleLatentVAE`, as do those of
+    :class:`~pyro_vae.models.ConvVAE` (other nets) and :class:`~pyro_vae.models.ConditionalVAE`
+    (other inputs of the nets); :class:`~pyro_vae.models.FlowVAE` is this pair with a flow guide.
 
     Args:
         data_dim: number of pixels ``D`` of one flattened datapoint.
@@ -50,29 +44,3 @@ class VAE(PairModule):
         super().__init__(data_dim, latent_dim, likelihood, beta)
         self.encoder = MLPEncoder(data_dim, hidden_dim, latent_dim)
         self.decoder = MLPDecoder(latent_dim, hidden_dim, data_dim * self.likelihood.params_per_pixel)
-
-    def model(self, x: torch.Tensor) -> None:
-        """p(z) p(x | z) for a batch ``x`` of shape ``(batch, data_dim)``."""
-        self._model(x, self.decoder)
-
-    def guide(self, x: torch.Tensor) -> None:
-        """q(z | x) for a batch ``x`` of shape ``(batch, data_dim)``."""
-        self._guide(x, lambda: self.encoder(x))
-
-    def posterior(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.TorchDistribution:
-        """The guide's distribution of ``z`` given the encoder's outputs (diagonal Normal here)."""
-        return dist.Normal(loc, scale).to_event(1)
-
-    def _model(self, x: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        pyro.module("decoder", self.decoder)
-        with pyro.plate("data", x.shape[0]):
-            with self.latent_scale():
-                z = pyro.sample("z", self.standard_normal(x, self.latent_dim))
-            pyro.sample("x", self.likelihood(decode(z)), obs=x)
-
-    def _guide(self, x: torch.Tensor, encode: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            loc, scale = encode()
-            with self.latent_scale():
-                pyro.sample("z", self.posterior(loc, scale))

@@ -12,6 +12,7 @@ import pyro
 import torch
 
 from .. import distributed
+from ..pyro_internals import unconstrained_param
 
 __all__ = ["ELBOLoss", "NonFiniteLossError", "ddp_loss", "owner_module", "svi_step"]
 
@@ -63,7 +64,7 @@ def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0) ->
         loss = loss_fn(x, *args)
         (loss * grad_scale if grad_scale != 1.0 else loss).backward()
     # one entry per tensor (a module registered under two names appears twice), as in Pyro's SVI
-    params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
+    params = list(dict.fromkeys(unconstrained_param(site["value"]) for site in capture.trace.nodes.values()))
     grads = [p.grad for p in params if p.grad is not None]
     finite = torch.isfinite(loss.detach())
     if grads:

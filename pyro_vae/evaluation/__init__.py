@@ -1,0 +1,24 @@
+r"""Importance-sampled log-likelihoods of any conforming model/guide pair.
+
+For each datapoint ``x_n`` and ``K`` draws ``z_k ~ q(z | x_n)`` from the guide,
+
+.. math::
+    \log \hat p(x_n) = \log \frac{1}{K} \sum_{k=1}^K \frac{p(x_n, z_k)}{q(z_k \mid x_n)}
+
+which is the IWAE bound of Burda et al. (2015) for ``k = K``: a stochastic lower bound that
+tightens to ``log p(x_n)`` as ``K`` grows (``K = 5000`` is the literature's standard). From the
+same samples, the IWAE bounds for smaller ``k`` are the means over ``K // k`` disjoint groups of
+``k`` samples; ``k = 1`` is the ELBO.
+
+Particles are drawn in chunks and accumulated with a streaming logsumexp in float64, so memory
+stays bounded whatever ``K`` and the data size.
+
+Modules: :mod:`~pyro_vae.evaluation.estimator` (:func:`estimate_log_likelihood`,
+:func:`evaluate_elbo`), :mod:`~pyro_vae.evaluation.result` (:class:`LogLikelihoodResult`),
+:mod:`~pyro_vae.evaluation.minibatches` (minibatches, their seeds and processes; particle chunks).
+"""
+
+from .estimator import DEFAULT_BOUND_KS, estimate_log_likelihood, evaluate_elbo
+from .result import LogLikelihoodResult
+
+__all__ = ["DEFAULT_BOUND_KS", "LogLikelihoodResult", "estimate_log_likelihood", "evaluate_elbo"]

@@ -1,0 +1,187 @@
+"""The importance-sampling estimator of per-datapoint log-likelihoods, and the ELBO evaluation
+built on it (the math is in :mod:`pyro_vae.evaluation`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ..check import check_model_guide
+from ..diagnostics import StreamingLogWeights, pareto_k_from_tail, psis_tail_length
+from ..importance import guess_max_plate_nesting, log_importance_weights
+from .minibatches import MinibatchPlan, particles_per_chunk, slice_args
+from .result import LogLikelihoodResult
+
+__all__ = ["DEFAULT_BOUND_KS", "estimate_log_likelihood", "evaluate_elbo"]
+
+DEFAULT_BOUND_KS = (1, 5, 50)
+"""The smaller ``k`` whose IWAE_k bounds :func:`estimate_log_likelihood` reports by default."""
+
+
+def estimate_log_likelihood(model, guide, data: torch.Tensor, num_samples: int = 5000, batch_size: int = 100,
+                            *args, bound_ks=DEFAULT_BOUND_KS, particle_chunk_size: int | None = None,
+                            diagnostics: bool = True, seed: int | None = None, data_plate: str = "data",
+                            progress: bool = False, distributed: bool = False,
+                            **kwargs) -> LogLikelihoodResult:
+    """Estimate ``log p(x_n)`` for every datapoint by importance sampling with the guide.
+
+    Args:
+        model, guide: a conforming pair (see :mod:`pyro_vae.models`), called as
+            ``fn(x_batch, *args, **kwargs)``.
+        data: ``(N, ...)`` tensor on the device of the pair's parameters.
+        num_samples: ``K`` importance samples per datapoint.
+        batch_size: datapoints evaluated together.
+        ``*args``, ``**kwargs``: extra arguments for model and guide; a tensor whose first dimension
+            has length ``N`` (labels, say) is sliced along with ``data``.
+        bound_ks: smaller ``k`` for which IWAE_k bounds are reported from the same samples.
+        particle_chunk_size: particles vectorized at once (default: about 65536 particle x
+            datapoint pairs per chunk); a multiple of every ``k`` in ``bound_ks``. The estimate
+            does not depend on it beyond Monte Carlo noise.
+        diagnostics: compute ESS and PSIS k-hat (``K >= 100`` for k-hat).
+        seed: seeds Pyro's RNGs: each minibatch of ``batch_size`` datapoints draws from its own
+            seed, derived from this one, so the estimates do not depend on which process
+            evaluates which minibatch (``None``: leave the RNGs as they are).
+        data_plate: name of the data plate in the pair.
+        progress: show a progress bar over datapoints.
+        distributed: under ``torchrun`` (``torch.distributed`` initialized with several
+            processes), evaluate minibatch ``b`` on rank ``b mod world_size`` and gather the
+            per-datapoint results on every process; with a seed they equal a one-process run's.
+            Ignored in a single process.
+
+    Returns:
+        :class:`LogLikelihoodResult`, tensors on the CPU, float64, in nats.
+
+    Raises:
+        ValueError: ``num_samples <= 0`` or empty data.
+        ModelGuideError: (a ``ValueError``) the pair breaks the contract, as found by
+            :func:`~pyro_vae.check_model_guide` (sites that do not match, a site outside the data
+            plate, data outside the likelihood's support, ...), or a subsampled data plate (pass
+            the datapoints to evaluate as ``data`` and declare ``pyro.plate(data_plate, len(x))``).
+
+    Scaling: log-densities are used unscaled, so a ``poutine.scale`` inside the pair (a beta
+    or KL-annealing weight) does not change the estimate of the generative model's ``log p(x)``.
+    """
+    _check_sizes(num_samples, batch_size, data)
+    group_sizes = tuple(sorted({int(k) for k in bound_ks if 0 < k < num_samples}))
+    tail_size = psis_tail_length(num_samples) + 1 if diagnostics else 0
+    plan = MinibatchPlan.make(data.shape[0], batch_size, seed, distributed)
+    start = time.perf_counter()
+    check_model_guide(model, guide, data, *args, data_plate=data_plate, **kwargs)
+    nesting = _max_plate_nesting(model, guide, data, batch_size, args, kwargs)
+    sampler = _Sampler(model, guide, num_samples, group_sizes, tail_size, particle_chunk_size, nesting,
+                       data_plate, diagnostics)
+    results, bounds = plan.gather(*sampler.run(data, args, kwargs, plan, progress))
+    return _result(results, bounds, num_samples, diagnostics, time.perf_counter() - start)
+
+
+def _check_sizes(num_samples: int, batch_size: int, data: torch.Tensor) -> None:
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be a positive number of importance samples, got {num_samples}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if data.shape[0] == 0:
+        raise ValueError("data is empty: nothing to evaluate")
+
+
+def _result(results: dict, bounds: dict, num_samples: int, diagnostics: bool, seconds: float):
+    """The per-minibatch tensors of every process, in data order, joined into one result."""
+    return LogLikelihoodResult(
+        log_likelihood=torch.cat(results["log_likelihood"]),
+        num_samples=num_samples,
+        iwae_bounds={k: torch.cat(v) for k, v in bounds.items()},
+        ess=torch.cat(results["ess"]) if diagnostics else None,
+        pareto_k=torch.cat(results["pareto_k"]) if diagnostics else None,
+        seconds=seconds,
+    )
+
+
+def _max_plate_nesting(model, guide, data: torch.Tensor, batch_size: int, args: tuple, kwargs: dict) -> int:
+    """The pair's plate nesting, from one run on the first minibatch."""
+    num_points = data.shape[0]
+    first_args, first_kwargs = slice_args(args, kwargs, num_points, slice(0, min(batch_size, num_points)))
+    return guess_max_plate_nesting(model, guide, data[:batch_size], *first_args, **first_kwargs)
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    """Draws the ``num_samples`` importance weights of each minibatch and reduces them to
+    per-datapoint estimates (log p̂, IWAE_k bounds, ESS, k-hat)."""
+
+    model: object
+    guide: object
+    num_samples: int
+    group_sizes: tuple[int, ...]
+    tail_size: int
+    chunk_size: int | None
+    nesting: int
+    data_plate: str
+    diagnostics: bool
+
+    def run(self, data, args, kwargs, plan: MinibatchPlan, progress: bool) -> tuple[dict, dict]:
+        """Per-minibatch ``(N_b,)`` CPU tensors for this process's minibatches, in plan order:
+        ``results[name]`` (``log_likelihood``, ``ess``, ``pareto_k``) and ``bounds[k]``."""
+        results = {"log_likelihood": [], "ess": [], "pareto_k": []}
+        bounds = {k: [] for k in self.group_sizes}
+        bar = tqdm(total=plan.num_mine(), desc=f"log p(x), K={self.num_samples}", unit="pt",
+                   disable=not progress)
+        with torch.no_grad():
+            for b in plan.mine:
+                if plan.seeds is not None:
+                    pyro.set_rng_seed(plan.seeds[b])
+                index = plan.index(b)
+                x = data[index]
+                acc = self.log_weights(x, *slice_args(args, kwargs, plan.num_points, index))
+                results["log_likelihood"].append(acc.log_mean_exp())
+                for k in self.group_sizes:
+                    bounds[k].append(acc.group_bound(k))
+                if self.diagnostics:  # k-hat is fitted on the CPU (arviz): one transfer of the tail per batch
+                    results["ess"].append(acc.ess())
+                    khat = pareto_k_from_tail(acc.tail, self.num_samples)
+                    results["pareto_k"].append(torch.from_numpy(khat))
+                bar.update(x.shape[0])
+        bar.close()
+        # to the CPU once, after the loop (no host sync between minibatches beyond the k-hat tails)
+        results = {key: [t.cpu() for t in values] for key, values in results.items()}
+        bounds = {k: [t.cpu() for t in values] for k, values in bounds.items()}
+        return results, bounds
+
+    def log_weights(self, x: torch.Tensor, args: tuple, kwargs: dict) -> StreamingLogWeights:
+        """The ``num_samples`` log importance weights of the minibatch ``x`` ``(batch, ...)``,
+        drawn in chunks and accumulated per datapoint."""
+        chunk = particles_per_chunk(self.chunk_size, self.num_samples, x.shape[0], self.group_sizes)
+        acc = StreamingLogWeights(self.group_sizes, self.tail_size)
+        for done in range(0, self.num_samples, chunk):
+            w = log_importance_weights(
+                self.model, self.guide, x, *args, num_particles=min(chunk, self.num_samples - done),
+                max_plate_nesting=self.nesting, data_plate=self.data_plate, **kwargs,
+            )
+            if w.subsampled:
+                raise ValueError(
+                    f"the plate {self.data_plate!r} is subsampled: per-datapoint log-likelihoods "
+                    f"need every datapoint of the batch evaluated; declare "
+                    f"pyro.plate({self.data_plate!r}, len(x)) and pass the datapoints as data"
+                )
+            acc.update(w.log_weights)
+        return acc
+
+
+def evaluate_elbo(model, guide, data: torch.Tensor, batch_size: int = 1000, *args, distributed: bool = False,
+                  **kwargs) -> tuple[float, float]:
+    """Mean and standard error over datapoints of a one-sample ELBO estimate (nats per datapoint).
+
+    ``data``: ``(N, ...)``; ``args``/``kwargs`` as for :func:`estimate_log_likelihood`.
+    ``distributed``: shard the minibatches over the ``torchrun`` processes (see
+    :func:`estimate_log_likelihood`).
+
+    The same estimator as ``Trace_ELBO`` with one particle, per datapoint, unscaled: whatever
+    objective a pair was trained with, this measures the same bound, so runs are comparable.
+    """
+    result = estimate_log_likelihood(
+        model, guide, data, 1, batch_size, *args, bound_ks=(), diagnostics=False, distributed=distributed,
+        **kwargs,
+    )
+    return result.mean, result.stderr

@@ -1,0 +1,67 @@
+"""Training objectives by name: ``trace``, ``meanfield``, ``iwae``.
+
+Sign convention, everywhere in pyro-vae: an *ELBO* or *bound* is a lower bound on
+``log p(x)`` in nats per datapoint (higher is better, typically negative, e.g. -100 on MNIST);
+a *loss* is its negative, as Pyro's ELBO classes return it.
+
+=========  ============================  ==============================================
+name       class                         estimator of the per-datapoint bound
+=========  ============================  ==============================================
+trace      :class:`Trace_ELBO`           Monte Carlo KL: log p(x,z) - log q(z|x), z ~ q
+meanfield  :class:`TraceMeanField_ELBO`  analytic KL(q || p) where it exists
+iwae       :class:`IWAE_ELBO`            log (1/K) sum_k w_k  (Burda et al. 2015)
+=========  ============================  ==============================================
+
+``Trace_ELBO`` and ``TraceMeanField_ELBO`` here are Pyro's classes (subclasses, same estimators,
+same gradients) whose loss stays a device tensor: Pyro's read every site's log-density to the
+host with ``.item()`` and check the loss for NaN in the forward and backward pass, up to seven
+host syncs per step on a GPU.
+
+Two modifications of the KL term for any pair, outside the table:
+
+* **KL warm-up / annealing** (Bowman et al. 2016, Sønderby et al. 2016): :func:`scale_latents`
+  multiplies the log-densities of every *latent* site, in model and guide alike, by a factor
+  ``beta`` (the trainer raises it linearly from ``1/N`` to 1 over ``N`` steps). Both functions
+  must be scaled: ``TraceMeanField_ELBO`` reads the guide's scale for the analytic KL.
+* **Free bits** (Kingma et al. 2016): :class:`FreeBitsELBO` replaces the KL of each latent
+  dimension, averaged over the minibatch, by ``max(lambda, KL_j)``.
+
+:class:`JitELBO` compiles any of them with ``torch.jit.trace``. One module per concept:
+
+=============  =============================================================================
+module         contents
+=============  =============================================================================
+``base``       :class:`ValueFromDifferentiableLoss`, :class:`LossFromDifferentiableLoss`
+``trace``      :class:`Trace_ELBO`
+``meanfield``  :class:`TraceMeanField_ELBO`
+``iwae``       :class:`IWAE_ELBO`
+``free_bits``  :class:`FreeBitsELBO`
+``scaling``    :func:`scale_latents`
+``jit``        :class:`JitELBO`
+``registry``   :data:`ELBO_NAMES`, :func:`get_elbo`
+=============  =============================================================================
+
+Pyro's private names are reached through :mod:`pyro_vae.pyro_internals` only.
+"""
+
+from .base import LossFromDifferentiableLoss, ValueFromDifferentiableLoss
+from .free_bits import FreeBitsELBO
+from .iwae import IWAE_ELBO
+from .jit import JitELBO
+from .meanfield import TraceMeanField_ELBO
+from .registry import ELBO_NAMES, get_elbo
+from .scaling import scale_latents
+from .trace import Trace_ELBO
+
+__all__ = [
+    "ELBO_NAMES",
+    "IWAE_ELBO",
+    "FreeBitsELBO",
+    "JitELBO",
+    "LossFromDifferentiableLoss",
+    "TraceMeanField_ELBO",
+    "Trace_ELBO",
+    "ValueFromDifferentiableLoss",
+    "get_elbo",
+    "scale_latents",
+]
