@@ -5,7 +5,7 @@ this process is rank 0, reductions return their input and gathers a one-element 
 
 How :func:`pyro_vae.train` and :func:`pyro_vae.estimate_log_likelihood` use it:
 
-* training: the ELBO loss module (see ``pyro_vae.training._Loss``, the counterpart of Pyro's
+* training: the ELBO loss module (see :class:`pyro_vae.training.ELBOLoss`, the counterpart of Pyro's
   ``ELBO.__call__(model, guide)`` module) is wrapped in ``DistributedDataParallel``. Every process
   draws the same data order (a generator seeded with ``seed``) and takes its slice of each global
   minibatch of ``batch_size`` points (``batch_size / world_size`` each); DDP averages gradients,
