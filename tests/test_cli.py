@@ -102,3 +102,14 @@ def test_zoo_model_from_the_cli_then_latent_pictures(data_root, tmp_path):
 @pytest.mark.parametrize("sub", ["train", "evaluate", "demo", "latent"])
 def test_help(sub):
     assert "usage" in run_cli(sub, "--help").stdout
+
+
+def test_a_demo_run_resumes_with_its_own_objective(data_root, tmp_path):
+    run_cli("demo", "--num-train", "200", "--num-test", "50", "--epochs", "1", "--hidden-dim", "20",
+            "--num-samples", "10", "--num-eval", "10", "--out", str(tmp_path), "--no-progress",
+            "--data-dir", str(data_root))
+    run_cli("train", "--resume", str(tmp_path / "meanfield"), "--epochs", "2", "--no-progress",
+            "--data-dir", str(data_root))
+    metrics = [json.loads(line) for line in (tmp_path / "meanfield" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert json.loads((tmp_path / "meanfield" / "config.json").read_text())["elbo"] == "meanfield"

@@ -15,7 +15,8 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 60  # code lines, the docstring not counted
 
-# data -> pair -> objective -> step -> trainer -> run folder -> CLI: a layer imports only layers below it
+# data -> pair -> objective -> training (step, run folder, trainer, train) -> CLI: a layer imports only
+# layers below it; inside training, TRAINING_ORDER says the same
 LAYERS = {
     "pyro_vae.data": 0, "pyro_vae.likelihoods": 0, "pyro_vae.names": 0, "pyro_vae.distributed": 0,
     "pyro_vae.diagnostics": 0, "pyro_vae.nets": 0, "pyro_vae.plots": 0,
@@ -99,3 +100,19 @@ def test_public_names_are_importable_from_their_package():
         mod = importlib.import_module(module)
         for name in mod.__all__:
             assert hasattr(mod, name), f"{module}.__all__ lists {name}, which it does not define"
+
+
+TRAINING_ORDER = {"step": 0, "state": 0, "checkpoint": 0, "signals": 0, "logger": 0, "schedule": 0, "speed": 0,
+                  "run_folder": 1, "trainer": 2, "api": 3}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_ORDER))
+def test_training_parts_import_only_the_parts_below_them(name):
+    path = PACKAGE / "training" / f"{name}.py"
+    parts = [m.split(".")[2] for m in imported_modules(path) if m.startswith("pyro_vae.training.")]
+    above = [p for p in parts if TRAINING_ORDER[p] >= TRAINING_ORDER[name]]
+    assert not above, f"training.{name} imports training.{above}"
+
+
+def test_training_order_lists_every_part():
+    assert {p.stem for p in (PACKAGE / "training").glob("*.py")} - {"__init__"} == set(TRAINING_ORDER)

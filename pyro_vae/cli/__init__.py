@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             device = init_from_env(args.device)  # under torchrun: join the process group
             if device is not None:
                 args.device = str(device)
-        return args.run(args, parser)
+        return args.handler(args, parser)
     except (ValueError, FileExistsError, FileNotFoundError, DataNotFoundError, CheckpointError, OSError) as e:
         print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, binarize_for, load_dataset
 from ..likelihoods import LIKELIHOODS
 from ..models import MODELS, model_options
 from ..objectives import ELBO_NAMES
 from ..optim import OPTIMIZERS
-from ..training.run_folder import binarize_for
 
 __all__ = ["DEFAULT_HIDDEN", "add_data_args", "add_experiment_args", "add_model_args", "add_optimization_args",
            "add_train_args", "load_data", "model_config", "resolve_device"]
@@ -36,15 +35,14 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def add_data_args(p: argparse.ArgumentParser, num_test: bool = True) -> None:
-    """``--data-dir``, ``--no-download``, ``--device`` (and ``--num-test``)."""
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``, ``--no-download``, ``--device`` and ``--num-test``."""
     p.add_argument("--data-dir", default=None,
                    help="data root (default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
     p.add_argument("--no-download", dest="download", action="store_false",
                    help="never download missing data files (default: download, checksums verified)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    if num_test:
-        p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points only")
+    p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points only")
 
 
 def add_experiment_args(p: argparse.ArgumentParser, out: str, quick: str, device: bool = True, seed: bool = True,

@@ -21,16 +21,18 @@ OBJECTIVES = {"trace": "Trace_ELBO", "meanfield": "TraceMeanField_ELBO"}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    """Add this command's parser to the ``pyro-vae`` subcommands ``sub``."""
     p = sub.add_parser("demo", help="main job: Trace_ELBO vs TraceMeanField_ELBO on MNIST, a table and pictures")
     add_train_args(p, epochs=3)
     p.add_argument("--num-samples", type=int, default=1000, help="K for the log p(x) estimate")
     p.add_argument("--num-eval", type=int, default=1000, help="test points for the log p(x) estimate")
     p.add_argument("--out", default="runs/demo", help="folder for the two runs and the comparison")
-    p.set_defaults(overwrite=True, run=run)
+    p.set_defaults(overwrite=True, handler=run)
     return p
 
 
-def run(args, parser=None) -> int:
+def run(args, parser) -> int:
+    """Train with both objectives, estimate log p(x), print and save the comparison table."""
     device = resolve_device(args.device)
     dataset = load_data(args, device, args.dataset)
     out = Path(args.out)

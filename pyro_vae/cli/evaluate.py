@@ -20,6 +20,7 @@ __all__ = ["add_parser", "estimate", "run", "save_estimate", "test_labels"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    """Add this command's parser to the ``pyro-vae`` subcommands ``sub``."""
     p = sub.add_parser("evaluate", help="importance-sampled log p(x) of a trained run on its test set")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--num-samples", type=int, default=5000, help="K importance samples per datapoint")
@@ -29,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="JSON report (default: RUN_DIR/evaluation.json)")
     p.add_argument("--no-progress", action="store_true")
     add_data_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
     return p
 
 
@@ -55,7 +56,8 @@ def save_estimate(result, images, image_shape, report: Path) -> Path:
     return picture
 
 
-def run(args, parser=None) -> int:
+def run(args, parser) -> int:
+    """Estimate log p(x) of the run in ``args.run_dir``; write the report and the picture."""
     device = resolve_device(args.device)
     vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
     x = dataset.test if args.num_test is None else dataset.test[: args.num_test]

@@ -15,17 +15,19 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    """Add this command's parser to the ``pyro-vae`` subcommands ``sub``."""
     p = sub.add_parser("latent", help="latent-space pictures of a trained run (interpolation, traversal, anomalies)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--num-samples", type=int, default=100, help="K for the anomaly scores (-log p(x))")
     p.add_argument("--output", type=Path, default=None, help="folder for the PNGs (default: RUN_DIR/latent)")
     p.add_argument("--seed", type=int, default=0)
     add_data_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
     return p
 
 
-def run(args, parser=None) -> int:
+def run(args, parser) -> int:
+    """Write the latent-space pictures of the run in ``args.run_dir``."""
     device = resolve_device(args.device)
     vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
     if dataset.image_shape is None:

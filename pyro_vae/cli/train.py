@@ -24,6 +24,7 @@ CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    """Add this command's parser to the ``pyro-vae`` subcommands ``sub``."""
     p = sub.add_parser("train", help="train a VAE with SVI into a run folder")
     add_train_args(p, epochs=10)
     add_elbo_arg(p)
@@ -39,7 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--nonfinite-backoff", type=float, default=None, metavar="FACTOR",
                    help="on a non-finite loss or gradient, skip the step and multiply the learning rate by "
                         "FACTOR (default: stop the run there)")
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
     return p
 
 
@@ -50,7 +51,8 @@ def train_from_args(args, dataset, device, elbo: str, out):
     pyro.set_rng_seed(args.seed)
     vae = build_model(args.model, dataset.data_dim, **config).to(device)
     cli = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-           if k not in ("command", "resume", "default_epochs", "overwrite", "run")}
+           if k not in ("command", "resume", "default_epochs", "overwrite", "handler")}
+    cli["elbo"] = elbo  # the demo trains both objectives from one set of options
     run_config = {"model": args.model, "model_config": config, "data_dim": dataset.data_dim,
                   "image_shape": dataset.image_shape, "cli": cli}
     folder = RunFolder(out, overwrite=args.overwrite, resume=getattr(args, "resume", None) is not None,
@@ -77,7 +79,7 @@ def resume_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
                          "resume it from Python with train(..., out=RunFolder(RUN_DIR, resume=True))")
     defaults = vars(parser.parse_args(["train"]))
     given = [k for k, v in vars(args).items()
-             if k in defaults and k not in CLI_RESUME_FLAGS + ("resume", "command", "run") and v != defaults[k]]
+             if k in defaults and k not in CLI_RESUME_FLAGS + ("resume", "command", "handler") and v != defaults[k]]
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ValueError(f"--resume takes the run's settings from {config_path}; drop {flags} "
@@ -104,9 +106,9 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     if is_main():
         print(f"run folder: {result.out}")
     if args.evaluate_samples:
-        result = estimate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress,
-                          *test_labels(vae, dataset))
+        ll = estimate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress,
+                      *test_labels(vae, dataset))
         if is_main():
-            save_estimate(result, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
-            print(result.format())
+            save_estimate(ll, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
+            print(ll.format())
     return 0

@@ -23,7 +23,7 @@ Data flows one way through three modules:
 * :mod:`~pyro_vae.data.datasets`: :class:`Dataset` and :func:`load_dataset`, arrays -> tensors.
 """
 
-from .datasets import DATASETS, Dataset, load_dataset
+from .datasets import DATASETS, Dataset, binarize_for, load_dataset
 from .files import DataNotFoundError, default_data_root, resolve_data_root
 from .formats import read_amat, read_frey, read_idx
 
@@ -31,6 +31,7 @@ __all__ = [
     "DATASETS",
     "DataNotFoundError",
     "Dataset",
+    "binarize_for",
     "default_data_root",
     "load_dataset",
     "read_amat",

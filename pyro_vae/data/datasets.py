@@ -32,7 +32,7 @@ from ..names import unknown_name
 from .files import binarized_mnist_sources, frey_sources, locate, resolve_data_root, torchvision_sources
 from .formats import read_amat, read_frey, read_idx
 
-__all__ = ["DATASETS", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "binarize_for", "load_dataset"]
 
 
 @dataclass
@@ -244,3 +244,9 @@ def load_dataset(
     else:
         raise unknown_name("data set", name, DATASETS)
     return ds.to(device)
+
+
+def binarize_for(dataset: str, likelihood: str | None) -> bool:
+    """Whether to binarize ``dataset`` for ``likelihood``: grey-level likelihoods on MNIST-like
+    data get the grey levels."""
+    return likelihood in (None, "bernoulli") or dataset not in ("mnist", "fashion-mnist")

@@ -15,7 +15,8 @@ module             what it holds
 ``api``            :func:`train`, the one-call entry point
 =================  ===========================================================================
 
-Data flow: data -> pair -> objective -> step -> trainer -> run folder. The data set's tensors
+Inside the package: step, state, checkpoint -> run folder -> trainer -> api (each imports only
+those to its left). The data set's tensors
 stay on their device: each epoch draws a fresh binarization on the device when the data set asks
 for it, shuffles indices there and slices minibatches there; losses are accumulated as device
 tensors and read once per log interval and once per epoch.

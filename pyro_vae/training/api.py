@@ -26,6 +26,7 @@ from ..objectives import get_elbo
 from ..optim import make_optimizer
 from .run_folder import RunFolder
 from .schedule import KLSchedule
+from .state import TrainResult
 from .step import owner_module
 from .trainer import Trainer, TrainerOptions
 
@@ -56,7 +57,7 @@ def train(
     module: torch.nn.Module | None = None,
     jit: bool = False,
     compile: bool | str = False,
-):
+) -> TrainResult:
     """Train a model/guide pair with SVI.
 
     Args:
@@ -122,7 +123,7 @@ def train(
     if isinstance(data, torch.Tensor):
         data = Dataset(name="tensor", train=data, test=None, image_shape=None, likelihood=None)
     schedule, folder = schedule or KLSchedule(), RunFolder.of(out)
-    options = TrainerOptions(batch_size=batch_size, epochs=epochs, labels=labels, seed=seed,
+    options = TrainerOptions(elbo=elbo, batch_size=batch_size, epochs=epochs, labels=labels, seed=seed,
                              nonfinite_backoff=nonfinite_backoff, eval_batch_size=eval_batch_size,
                              log_interval=log_interval, progress=progress, jit=jit, compile=compile)
     _check_settings(data, options, elbo, schedule, folder)
@@ -142,9 +143,9 @@ def train(
         if saved["position"]["epoch"] >= epochs:
             raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
                              "more (epochs=N, --epochs N) to continue it")
-    module = owner_module(model, guide, module)
-    trainer = Trainer(model, guide, data, objective, optim, options, folder, {**(config or {}), **settings},
-                      module, saved, schedule)
+    trainer = Trainer(model, guide, data, objective, optim, options, folder=folder,
+                      config={**(config or {}), **settings}, module=owner_module(model, guide, module),
+                      checkpoint=saved, schedule=schedule)
     return trainer.fit()
 
 

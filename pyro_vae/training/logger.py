@@ -45,6 +45,7 @@ class RunLogger:
             self.bar.set_postfix(elbo=f"{train_elbo:.2f}")
 
     def close_bar(self) -> None:
+        """Close the epoch's progress bar (if one is open)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -70,6 +71,7 @@ class RunLogger:
         tqdm.write(text)
 
     def close(self) -> None:
+        """Close the bar and the TensorBoard writer."""
         self.close_bar()
         if self.writer is not None:
             self.writer.close()

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..data import Dataset, load_dataset
+from ..data import Dataset, binarize_for, load_dataset
 from ..generate import reconstruct, sample_prior
 from ..models import build_model
 from ..plots import plot_elbo_curves, save_image_grid
 from .checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["RUN_FILES", "SETTINGS_FIXED_ON_RESUME", "RunFolder", "binarize_for", "load_run"]
+__all__ = ["RUN_FILES", "SETTINGS_FIXED_ON_RESUME", "RunFolder", "load_run"]
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
 """Files every run folder gets (plus ``best.pt`` with a validation set, and PNGs for images)."""
@@ -154,12 +154,6 @@ class RunFolder:
         pairs = torch.stack([x[:n], reconstruct(model, guide, x[:n], *recon_args)], dim=1).reshape(2 * n, -1)
         save_image_grid(pairs, data.image_shape, self.path / "reconstructions.png", ncols=10,
                         title="test images (left) and reconstructions (right), z ~ q(z|x)")
-
-
-def binarize_for(dataset: str, likelihood: str | None) -> bool:
-    """Whether to binarize ``dataset`` for ``likelihood``: grey-level likelihoods on MNIST-like
-    data get the grey levels."""
-    return likelihood in (None, "bernoulli") or dataset not in ("mnist", "fashion-mnist")
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=None, download: bool = False):

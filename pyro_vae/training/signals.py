@@ -49,12 +49,12 @@ class StopFlag:
 
 
 @contextmanager
-def stop_on_signals(enabled: bool = True):
+def stop_on_signals():
     """Yield a :class:`StopFlag` that SIGINT/SIGTERM set for the duration (a second SIGINT while
     the checkpoint is written raises ``KeyboardInterrupt`` at once). Only in the main thread;
     elsewhere the flag is never set. The previous handlers are restored on exit."""
     flag = StopFlag()
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 

@@ -51,7 +51,7 @@ def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0) ->
     Args:
         loss_fn: ``loss_fn(x, *args)`` returns the minibatch's loss (an :class:`ELBOLoss`).
         optim: a ``PyroOptim`` (called as ``optim(params)``).
-        x, args: the minibatch and its per-datapoint arguments.
+        x, args: the minibatch ``(batch, D)`` and its per-datapoint arguments (``(batch, ...)``).
         grad_scale: multiplies the loss before ``backward`` (the number of processes under DDP,
             which averages gradients, so that the step follows the whole minibatch's gradient).
 

@@ -44,8 +44,10 @@ MAX_BACKOFFS = 10
 
 @dataclass
 class TrainerOptions:
-    """How a :class:`Trainer` runs (see :func:`pyro_vae.train` for each entry)."""
+    """How a :class:`Trainer` runs (see :func:`pyro_vae.train` for each entry; ``elbo`` is the
+    objective's name, shown in the progress bar)."""
 
+    elbo: str = "trace"
     batch_size: int = 100
     epochs: int = 1
     labels: bool = False
@@ -71,33 +73,42 @@ class Trainer:
         folder: the run folder, or ``None`` to write nothing.
         config: the settings written to ``config.json`` and into every checkpoint.
         module: the ``nn.Module`` holding the pair's networks (DDP, ``compile``), or ``None``.
-        resume_state: the entries of the checkpoint to continue from, or ``None`` for a fresh run.
-        schedule: the KL schedule (:class:`~pyro_vae.training.KLSchedule`), or ``None``.
+        checkpoint: the entries of the checkpoint to continue from (``folder.resume`` must be
+            set), or ``None`` for a fresh run.
+        schedule: the KL schedule (:class:`~pyro_vae.training.KLSchedule`).
+
+    The trainer checks nothing about the pair or the settings: :func:`pyro_vae.train` does that
+    (:func:`~pyro_vae.check_model_guide`, sizes, names) and then builds one.
     """
 
-    def __init__(self, model, guide, data: Dataset, objective, optim, options: TrainerOptions,
-                 folder: RunFolder | None, config: dict, module=None, resume_state=None, schedule=None):
+    def __init__(self, model, guide, data: Dataset, objective, optim, options: TrainerOptions, *,
+                 folder: RunFolder | None, config: dict, module=None, checkpoint: dict | None = None,
+                 schedule: KLSchedule = KLSchedule()):
+        if (checkpoint is not None) != (folder is not None and folder.resume):
+            raise ValueError("a Trainer resumes exactly when its run folder says resume=True and a checkpoint "
+                             "is given")
         self.model, self.guide, self.data, self.optim = model, guide, data, optim
         self.options, self.folder, self.config, self.module = options, folder, config, module
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.device, self.num_train = data.device, data.train.shape[0]
+        self.writes = folder is not None and distributed.is_main()
+        self._started = 0.0  # perf_counter at the last clock start or lap
         self.state = RunState(self.device)
-        if resume_state is not None:
-            optim.set_state(resume_state["optimizer"])
-            self.state.restore(resume_state, self.rank, options.seed)
+        if checkpoint is not None:
+            optim.set_state(checkpoint["optimizer"])
+            self.state.restore(checkpoint, self.rank, options.seed)
         else:
             self.state.seed(options.seed, self.rank)
         self.steps_per_epoch = self._steps_per_epoch()
         self._prepare_folder()
-        step_model, step_guide = (schedule or KLSchedule()).wrap(model, guide, lambda: self.state.position.step)
+        step_model, step_guide = schedule.wrap(model, guide, lambda: self.state.position.step)
         self.loss_fn = ELBOLoss(module, objective, step_model, step_guide)
         if options.jit:
             sizes = minibatch_sizes(self.num_train, options.batch_size, self.steps_per_epoch, self.world, self.rank)
             record_jit_graphs(objective, step_model, step_guide, data, options.labels, sizes)
         if self.world > 1:
             self.loss_fn = ddp_loss(self.loss_fn, self.device)
-        self.writes = folder is not None and distributed.is_main()
-        self.logger = RunLogger(config["elbo"], options.epochs, self.steps_per_epoch, options.progress,
+        self.logger = RunLogger(options.elbo, options.epochs, self.steps_per_epoch, options.progress,
                                 folder.path / "tensorboard" if self.writes else None)
 
     def _steps_per_epoch(self) -> int:
@@ -112,7 +123,7 @@ class Trainer:
         if self.folder is None:
             return
         self.folder.prepare()
-        if distributed.is_main():
+        if self.writes:
             self.folder.write_config(self.config)
             self.folder.write_metrics(self.state.result.history)
 
@@ -128,7 +139,7 @@ class Trainer:
                 self._train_epoch()
                 self._end_epoch()
         if self.writes:
-            self.folder.write_pictures(self.model, self.guide, self.data, self.state.result, self.config["elbo"],
+            self.folder.write_pictures(self.model, self.guide, self.data, self.state.result, self.options.elbo,
                                        self.options.batch_size, self.options.labels)
         self.logger.close()
         return self.state.result
@@ -153,6 +164,7 @@ class Trainer:
                 if interrupted:
                     self.logger.close_bar()
                     self.stop.raise_interrupted(path, pos.step, self._where(pos.epoch + 1), self.state.result.out)
+        self.logger.close_bar()
         self._clock_lap()
 
     def _step(self, x_epoch: torch.Tensor, perm: torch.Tensor, b: int) -> None:
@@ -253,6 +265,7 @@ class Trainer:
         return f"step {pos.step} (epoch {epoch}, minibatch {pos.batch}/{self.steps_per_epoch})"
 
     def _clock_start(self) -> None:
+        """Start timing SVI steps (after the device's pending work)."""
         _sync(self.device)
         self._started = time.perf_counter()
 
