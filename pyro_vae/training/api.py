@@ -27,6 +27,7 @@ from ..optim import make_optimizer
 from .run_folder import RunFolder
 from .schedule import KLSchedule
 from .state import TrainResult
+from .speed import compile_targets
 from .step import owner_module
 from .trainer import Trainer, TrainerOptions
 
@@ -101,8 +102,9 @@ def train(
         jit: record the loss with ``torch.jit.trace`` (:class:`~pyro_vae.objectives.JitELBO`):
             Pyro's Python work runs once instead of every step. For pairs with static structure;
             checked against the eager loss before the first step. Not with KL warm-up.
-        compile: ``torch.compile`` each network of the pair (the module's children) in place
-            for the run, Pyro's bookkeeping staying eager; ``True`` or a ``torch.compile`` mode
+        compile: ``torch.compile`` each network the pair calls (the outermost submodules of its
+            module that a run of guide and model calls) in place for the run, Pyro's bookkeeping
+            staying eager; a pair with parameters no called network holds is refused; ``True`` or a ``torch.compile`` mode
             (``"reduce-overhead"`` uses CUDA graphs, ``"max-autotune"``). Needs a C++ compiler on
             the CPU (Triton on CUDA). Same parameter names, so checkpoints are unchanged.
 
@@ -134,8 +136,10 @@ def train(
         optim = make_optimizer(optimizer, lr)
     if clear_params:
         pyro.clear_param_store()
-    max_plate_nesting = _check_pair(model, guide, data, elbo, labels)
+    max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels)
     objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, jit=jit)
+    module = owner_module(model, guide, module)
+    networks = compile_targets(module, model, guide, *example) if compile else []
     settings = _settings(data, options, elbo, num_particles, schedule, optimizer, lr, folder)
     saved = None
     if folder is not None and folder.resume:
@@ -144,7 +148,7 @@ def train(
             raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
                              "more (epochs=N, --epochs N) to continue it")
     trainer = Trainer(model, guide, data, objective, optim, options, folder=folder,
-                      config={**(config or {}), **settings}, module=owner_module(model, guide, module),
+                      config={**(config or {}), **settings}, module=module, networks=networks,
                       checkpoint=saved, schedule=schedule)
     return trainer.fit()
 
@@ -169,16 +173,18 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo: str, schedule:
         folder.check_resumable()
 
 
-def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> int:
+def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> tuple[int, tuple]:
     """Run :func:`check_model_guide` on training data without touching the RNG streams; returns
-    the pair's max plate nesting (so that the objective does not draw from the RNGs to guess it)."""
+    the pair's max plate nesting (so that the objective does not draw from the RNGs to guess it)
+    and a two-point example input ``(x, *args)``."""
     if labels and data.train_labels is None:
         raise ValueError(f"labels=True but the data set {data.name!r} has no labels")
     with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
         x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
         args = (data.train_labels[: len(x)],) if labels else ()
         check_model_guide(model, guide, x, *args, elbo=elbo)
-        return guess_max_plate_nesting(model, guide, x[:2], *(a[:2] for a in args))
+        example = (x[:2], *(a[:2] for a in args))
+        return guess_max_plate_nesting(model, guide, *example), example
 
 
 def _settings(data: Dataset, options: TrainerOptions, elbo: str, num_particles: int, schedule: KLSchedule,

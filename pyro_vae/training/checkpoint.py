@@ -17,6 +17,7 @@ disk never leaves a half-written checkpoint under the real name, and it is loade
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pyro
@@ -85,7 +86,13 @@ def read_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as e:  # corrupt zip, truncated file, or refused pickle
+    except pickle.UnpicklingError as e:  # torch's weights_only refusal (or a damaged pickle)
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: it is not a pyro-vae checkpoint, or it was tampered with: it holds "
+            "Python objects other than tensors, numbers, strings, lists and dicts, which could run code when "
+            "loaded. Nothing was loaded and nothing was run. Use a checkpoint written by pyro-vae "
+            "(save_checkpoint, train(out=...))") from e
+    except Exception as e:  # corrupt zip, truncated file
         reason = str(e).split("\n\n")[0].strip()
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {reason}") from e
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:

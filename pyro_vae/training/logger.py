@@ -51,19 +51,22 @@ class RunLogger:
             self.bar = None
 
     def end_epoch(self, metrics: dict) -> None:
-        """Print the epoch's line (train ELBO, test ELBO ± SE, seconds)."""
+        """Print the epoch's line (train ELBO, test ELBO ± SE, skipped steps, seconds)."""
         self.close_bar()
         if self.show:
+            train = metrics["train_elbo"]
+            train = "n/a (every step skipped)" if train is None else f"{train:.2f}"
             test = (f", test ELBO {metrics['test_elbo']:.2f} ± {metrics['test_elbo_se']:.2f}"
                     if "test_elbo" in metrics else "")
-            tqdm.write(f"epoch {metrics['epoch']}: train ELBO {metrics['train_elbo']:.2f}{test} nats/datapoint, "
+            skipped = f", {metrics['skipped_steps']} non-finite steps skipped" if metrics["skipped_steps"] else ""
+            tqdm.write(f"epoch {metrics['epoch']}: train ELBO {train}{test} nats/datapoint{skipped}, "
                        f"{metrics['train_seconds']:.1f} s")
 
     def scalars(self, metrics: dict, step: int) -> None:
         """The epoch's ELBOs as TensorBoard scalars at ``step``."""
         if self.writer is not None:
             for key in TENSORBOARD_KEYS:
-                if key in metrics:
+                if metrics.get(key) is not None:
                     self.writer.add_scalar(key, metrics[key], step)
 
     def message(self, text: str) -> None:

@@ -59,8 +59,9 @@ class TrainResult:
     """What :func:`pyro_vae.train` returns.
 
     Attributes:
-        history: one dict of metrics per epoch: ``epoch``, ``step``, ``train_elbo``,
-            ``train_seconds``, ``total_train_seconds``, and with a test (validation) set
+        history: one dict of metrics per epoch: ``epoch``, ``step``, ``train_elbo`` (the mean
+            over the epoch's applied steps; ``None`` if every step was skipped), ``skipped_steps``
+            (non-finite steps not applied), ``train_seconds``, ``total_train_seconds``, and with a test (validation) set
             ``test_elbo``, ``test_elbo_se`` (``valid_elbo``, ``valid_elbo_se``); ELBOs in nats per
             datapoint, times in seconds of SVI steps (evaluation excluded).
         curve: the training objective's ELBO averaged over each ``log_interval`` steps, as
@@ -95,10 +96,12 @@ class RunPosition:
     epoch: int = 0  # epochs completed
     batch: int = 0  # minibatches done in the epoch under way (0 at an epoch boundary)
     epoch_data_rng: torch.Tensor | None = None  # data-order generator state at the epoch's start
-    epoch_total: torch.Tensor | None = None  # sum of the epoch's losses so far
+    epoch_total: torch.Tensor | None = None  # sum of the epoch's losses so far (applied steps only)
     interval_total: torch.Tensor | None = None  # sum of the losses since the last log line
-    interval_points: int = 0
+    interval_points: int = 0  # datapoints of the applied steps since the last log line
     epoch_seconds: float = 0.0
+    epoch_points: int | None = 0  # datapoints of the epoch's applied steps (None: an older checkpoint)
+    epoch_skipped: int = 0  # the epoch's non-finite steps, skipped
 
     def state(self) -> dict:
         """The position as plain values and CPU tensors (for a checkpoint)."""
@@ -111,6 +114,7 @@ class RunPosition:
             self.epoch_data_rng = data_rng.get_state()
             self.epoch_total = torch.zeros((), device=device)
             self.interval_total, self.interval_points, self.epoch_seconds = torch.zeros((), device=device), 0, 0.0
+            self.epoch_points, self.epoch_skipped = 0, 0
         else:
             data_rng.set_state(self.epoch_data_rng)
             self.epoch_total, self.interval_total = self.epoch_total.to(device), self.interval_total.to(device)

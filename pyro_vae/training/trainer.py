@@ -72,7 +72,9 @@ class Trainer:
         options: :class:`TrainerOptions`.
         folder: the run folder, or ``None`` to write nothing.
         config: the settings written to ``config.json`` and into every checkpoint.
-        module: the ``nn.Module`` holding the pair's networks (DDP, ``compile``), or ``None``.
+        module: the ``nn.Module`` holding the pair's networks (for DDP), or ``None``.
+        networks: the modules to ``torch.compile`` with ``options.compile``
+            (:func:`~pyro_vae.training.speed.compile_targets`).
         checkpoint: the entries of the checkpoint to continue from (``folder.resume`` must be
             set), or ``None`` for a fresh run.
         schedule: the KL schedule (:class:`~pyro_vae.training.KLSchedule`).
@@ -82,13 +84,15 @@ class Trainer:
     """
 
     def __init__(self, model, guide, data: Dataset, objective, optim, options: TrainerOptions, *,
-                 folder: RunFolder | None, config: dict, module=None, checkpoint: dict | None = None,
+                 folder: RunFolder | None, config: dict, module=None, networks: list = (),
+                 checkpoint: dict | None = None,
                  schedule: KLSchedule = KLSchedule()):
         if (checkpoint is not None) != (folder is not None and folder.resume):
             raise ValueError("a Trainer resumes exactly when its run folder says resume=True and a checkpoint "
                              "is given")
         self.model, self.guide, self.data, self.optim = model, guide, data, optim
         self.options, self.folder, self.config, self.module = options, folder, config, module
+        self.networks = list(networks)
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.device, self.num_train = data.device, data.train.shape[0]
         self.writes = folder is not None and distributed.is_main()
@@ -134,7 +138,7 @@ class Trainer:
         # sync per distribution on a GPU): check_model_guide has validated the pair, and a non-finite
         # loss or gradient is still caught at its step.
         with stop_on_signals() as self.stop, pyro.validation_enabled(False), \
-                compiled_networks(self.module, self.options.compile):
+                compiled_networks(self.networks, self.options.compile):
             while self.state.position.epoch < self.options.epochs:
                 self._train_epoch()
                 self._end_epoch()
@@ -149,6 +153,8 @@ class Trainer:
         pos, rng = self.state.position, self.state.data_rng
         self._clock_start()
         pos.start_epoch(rng, self.device)
+        if pos.epoch_points is None:  # a checkpoint of pyro-vae <= 0.1.0 counted every step's points
+            pos.epoch_points = min(pos.batch * self.options.batch_size, self.num_train)
         x_epoch = self.data.train_epoch(generator=rng)
         perm = torch.randperm(self.num_train, device=self.device, generator=rng)
         self.logger.start_epoch(pos.epoch + 1, pos.batch)
@@ -178,17 +184,22 @@ class Trainer:
         loss, applied = svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world))
         if not applied:
             self._on_nonfinite(loss, b)
+            pos.epoch_skipped += 1
         else:
             pos.epoch_total = pos.epoch_total + loss
             pos.interval_total = pos.interval_total + loss
-        pos.interval_points += points
+            pos.interval_points += points
+            pos.epoch_points += points
         pos.step += 1
         pos.batch = b + 1
 
-    def _log_curve(self) -> float:
-        """Close a log interval: its mean training ELBO (nats per datapoint; one host read)."""
+    def _log_curve(self) -> float | None:
+        """Close a log interval: its mean training ELBO over the applied steps (nats per datapoint;
+        one host read), ``None`` when every step of the interval was skipped."""
         pos = self.state.position
-        value = -float(distributed.sum_tensor(pos.interval_total)) / max(pos.interval_points, 1)
+        if pos.interval_points == 0:
+            return None
+        value = -float(distributed.sum_tensor(pos.interval_total)) / pos.interval_points
         self.state.result.curve.append(
             {"step": pos.step, "samples_seen": pos.step * self.options.batch_size, "train_elbo": value})
         pos.interval_total, pos.interval_points = torch.zeros((), device=self.device), 0
@@ -217,13 +228,15 @@ class Trainer:
             self.stop.raise_interrupted(path, pos.step, self._where(pos.epoch), result.out)
 
     def _epoch_metrics(self) -> dict:
-        """The epoch's training ELBO (the mean over its steps) and its test/validation ELBO."""
+        """The epoch's training ELBO (the mean over its applied steps; ``None`` when all were skipped),
+        its skipped steps, and its test/validation ELBO."""
         pos, options = self.state.position, self.options
-        epoch_points = min(self.steps_per_epoch * options.batch_size, self.num_train)
+        total = -float(distributed.sum_tensor(pos.epoch_total))
         metrics = {
             "epoch": pos.epoch + 1,
             "step": pos.step,
-            "train_elbo": -float(distributed.sum_tensor(pos.epoch_total)) / epoch_points,
+            "train_elbo": total / pos.epoch_points if pos.epoch_points else None,
+            "skipped_steps": pos.epoch_skipped,
             "train_seconds": pos.epoch_seconds,
             "total_train_seconds": self.state.result.train_seconds,
         }
