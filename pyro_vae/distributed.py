@@ -25,7 +25,7 @@ import os
 import torch
 import torch.distributed as tdist
 
-__all__ = ["all_true", "barrier", "any_true", "gather_objects", "init_from_env", "is_main", "rank", "sum_tensor",
+__all__ = ["all_true", "barrier", "any_true", "broadcast_object", "gather_objects", "init_from_env", "is_main", "rank", "sum_tensor",
            "world_size"]
 
 
@@ -88,6 +88,15 @@ def gather_objects(obj) -> list:
     gathered = [None] * tdist.get_world_size()
     tdist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every process (``obj`` itself with one process)."""
+    if not _active():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def barrier() -> None:

@@ -74,3 +74,54 @@ def test_sharded_evaluation_equals_one_process(data_root, tmp_path):
     for key, values in one["per_datapoint"].items():  # 6 minibatches over 2 ranks, gathered in order
         assert two["per_datapoint"][key] == values, key
     assert two["summary"]["log_likelihood"] == one["summary"]["log_likelihood"]
+
+
+SCRIPT = '''
+import sys
+import pyro, torch, torch.distributed as tdist
+from pyro_vae import VAE, distributed
+from pyro_vae.objectives import get_elbo
+from pyro_vae.training.state import RunState
+from pyro_vae.training.step import ELBOLoss, ddp_loss, svi_step
+
+tdist.init_process_group("gloo")
+rank = tdist.get_rank()
+
+# 1. seed=None: every process draws the same data order, whatever its own RNG history
+torch.manual_seed(1000 + rank)
+state = RunState()
+state.seed(None, rank)
+orders = distributed.gather_objects(torch.randperm(50, generator=state.data_rng).tolist())
+
+# 2. one DDP step's gradient is the whole minibatch's: sum of each half's gradient with that
+#    process's noise (seed 10 + rank), computed again in one process below
+pyro.set_rng_seed(0)
+vae = VAE(784, latent_dim=3, hidden_dim=16)
+x = torch.bernoulli(torch.full((8, 784), 0.3), generator=torch.Generator().manual_seed(5))
+objective = get_elbo("trace", max_plate_nesting=1)
+loss_fn = ddp_loss(ELBOLoss(vae, objective, vae.model, vae.guide), torch.device("cpu"))
+seen = {}
+pyro.set_rng_seed(10 + rank)
+svi_step(loss_fn, lambda params: seen.update({n: p.grad.clone() for n, p in vae.named_parameters()}),
+         x.tensor_split(2)[rank], grad_scale=2.0)
+if rank == 0:
+    assert orders[0] == orders[1], orders
+    reference = ELBOLoss(vae, objective, vae.model, vae.guide)
+    for r in range(2):
+        pyro.set_rng_seed(10 + r)
+        reference(x.tensor_split(2)[r]).backward()
+    worst = max(float((seen[n] - p.grad).abs().max() / p.grad.abs().max()) for n, p in vae.named_parameters())
+    assert worst < 1e-5, worst
+    print(f"same data order; largest relative gradient difference {worst:.2e}")
+tdist.destroy_process_group()
+'''
+
+
+def test_ddp_gradient_and_data_order_under_torchrun(tmp_path):
+    script = tmp_path / "ddp_check.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "same data order" in done.stdout

@@ -3,6 +3,7 @@
 The subprocess tests run the real command line on real MNIST and send real signals.
 """
 
+import math
 import os
 import pickle
 import resource
@@ -15,7 +16,9 @@ import pyro
 import pyro.optim
 import pytest
 import torch
+import pyro.distributions as dist
 from pyro import poutine
+from torch import nn
 
 from pyro_vae import VAE, train
 from pyro_vae.training import (CheckpointError, NonFiniteLossError, RunFolder, TrainingInterrupted, load_checkpoint,
@@ -120,13 +123,14 @@ def test_best_checkpoint_by_validation_elbo(mnist, data_root, tmp_path):
     assert best["epoch"] == 1 + valid.index(max(valid)) and best["best_valid_elbo"] == max(valid)
 
 
-def poisoned(model, at_call: int, snapshot: dict):
-    """A user's model whose ``at_call``-th call scales its log-density by inf (loss and gradients blow up)."""
+def poisoned(model, at_step: int, snapshot: dict, batch_size: int = 50):
+    """A user's model whose call in SVI step ``at_step`` (counting the calls on a full minibatch of
+    ``batch_size``, not the checker's smaller ones) scales its log-density by inf."""
     calls = [0]
 
     def wrapped(x):
-        calls[0] += 1
-        if calls[0] == at_call:
+        calls[0] += len(x) == batch_size
+        if len(x) == batch_size and calls[0] == at_step:
             snapshot.update(params())
             with poutine.scale(scale=float("inf")):
                 return model(x)
@@ -139,10 +143,9 @@ def test_non_finite_step_is_named_not_applied_and_the_checkpoint_survives(mnist,
     data = mnist.subset(num_train=500, num_test=50)
     vae = VAE(784, latent_dim=3, hidden_dim=20)
     before_bad_step = {}
-    # calls 1 and 2 are the checker and the plate-nesting guess: call 8 is step 6
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss or gradient at step 6 \(epoch 1, minibatch 6\).*"
                                                  r"not applied; the last good checkpoint .* is intact"):
-        train(poisoned(vae.model, 8, before_bad_step), vae.guide, data, batch_size=50,
+        train(poisoned(vae.model, 6, before_bad_step), vae.guide, data, batch_size=50,
               out=RunFolder(tmp_path, checkpoint_every=5), progress=False)
     assert_bitwise_equal(params(), before_bad_step)
     assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5
@@ -152,7 +155,7 @@ def test_non_finite_backoff_skips_the_step_and_lowers_the_learning_rate(mnist):
     data = mnist.subset(num_train=500, num_test=50)
     vae = VAE(784, latent_dim=3, hidden_dim=20)
     optim = pyro.optim.Adam({"lr": 1e-3})
-    result = train(poisoned(vae.model, 8, {}), vae.guide, data, batch_size=50, optimizer=optim,
+    result = train(poisoned(vae.model, 6, {}), vae.guide, data, batch_size=50, optimizer=optim,
                    nonfinite_backoff=0.5, progress=False, log_interval=1)
     assert result.skipped_steps == [{"step": 6, "epoch": 1, "lr_factor": 0.5}]
     # train_elbo is the mean over the 9 applied steps (equal batches of 50): the log-interval-1 curve
@@ -285,3 +288,66 @@ def test_cli_sigterm_kill9_full_disk_and_resume(data_root, tmp_path):
 
     refused = cli("train", "--resume", str(tmp_path / "killed"), "--lr", "0.1")
     assert refused.returncode == 2 and "drop --lr" in refused.stderr
+
+
+def test_the_data_order_state_is_device_independent(mnist, tmp_path):
+    """The checkpoint keeps the data-order generator's state on the CPU (a CPU generator), so that
+    it can be restored on any device; the epoch's draws on a GPU come from a generator seeded from it."""
+    train(VAE(784, latent_dim=2, hidden_dim=10).model, VAE(784, latent_dim=2, hidden_dim=10).guide,
+          mnist.subset(num_train=100, num_test=20), batch_size=50, out=tmp_path, progress=False)
+    saved = read_checkpoint(tmp_path / "checkpoint.pt")
+    cpu = torch.Generator()
+    cpu.set_state(saved["data_rng"])  # restorable into a CPU generator
+    assert saved["data_rng"].device.type == "cpu" and saved["position"]["epoch_data_rng"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cpu_run_resumes_on_cuda_and_back(mnist, tmp_path):
+    data = mnist.subset(num_train=200, num_test=50)
+    settings = dict(batch_size=50, progress=False)
+    pyro.set_rng_seed(0)
+    vae = VAE(784, latent_dim=3, hidden_dim=20)
+    train(vae.model, vae.guide, data, epochs=1, out=RunFolder(tmp_path, checkpoint_every=2), **settings)
+    pyro.clear_param_store()
+    gpu = VAE(784, latent_dim=3, hidden_dim=20).cuda()
+    on_gpu = train(gpu.model, gpu.guide, data.to("cuda"), epochs=2, out=RunFolder(tmp_path, resume=True), **settings)
+    assert [h["epoch"] for h in on_gpu.history] == [1, 2] and math.isfinite(on_gpu.final["test_elbo"])
+    pyro.clear_param_store()
+    back = VAE(784, latent_dim=3, hidden_dim=20)
+    on_cpu = train(back.model, back.guide, data, epochs=3, out=RunFolder(tmp_path, resume=True), **settings)
+    assert [h["epoch"] for h in on_cpu.history] == [1, 2, 3] and math.isfinite(on_cpu.final["test_elbo"])
+
+
+class RelaxedPair(nn.Module):
+    """A pair written here with a Concrete (Gumbel-softmax) latent whose temperature the user anneals."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+        self.encoder, self.decoder = nn.Linear(784, 10), nn.Linear(10, 784)
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.RelaxedOneHotCategorical(torch.tensor(self.temperature),
+                                                               logits=torch.zeros(x.shape[0], 10)))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(y)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.RelaxedOneHotCategorical(torch.tensor(self.temperature),
+                                                           logits=3 * self.encoder(x)))
+
+
+def test_a_relaxed_latent_at_a_low_temperature_is_named_as_the_cause(mnist):
+    data = mnist.subset(num_train=200)
+    pair = RelaxedPair(temperature=1.0)
+    def annealed(x):  # the user lowers the temperature once training runs, as an annealing schedule would
+        if len(x) == 100:  # a training minibatch, not the checker's small ones
+            pair.temperature = 0.02
+        return pair.model(x)
+
+    with pytest.raises(NonFiniteLossError, match=r"guide site 'y' \(RelaxedOneHotCategorical\) is (nan|infinite).*"
+                                                 r"temperature 0.02.*the learning rate is not the cause"):
+        train(annealed, pair.guide, data, batch_size=100, progress=False)

@@ -25,6 +25,9 @@ import numpy as np
 import pyro
 import torch
 
+from .. import distributed
+from .checkpoint import CheckpointError
+
 __all__ = ["RunPosition", "RunState", "TrainResult", "get_rng_state", "set_rng_state"]
 
 
@@ -128,35 +131,52 @@ class RunPosition:
 class RunState:
     """Everything a run carries from step to step: position, data-order RNG, result so far.
 
-    Args:
-        device: the device of the data (the data-order generator lives there).
+    The data-order generator lives on the CPU whatever the device, so that a checkpoint resumes
+    on another device (CPU -> CUDA and back); :meth:`epoch_generator` gives the generator an
+    epoch's draws on the data's device come from.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self):
         self.position = RunPosition()
         self.result = TrainResult()
         self.best_valid = -math.inf
-        self.data_rng = torch.Generator(device=device)
+        self.data_rng = torch.Generator()
+
+    def epoch_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of this epoch's binarization and order on ``device``: the data-order
+        generator itself on the CPU, else a generator on ``device`` seeded from it (one draw)."""
+        if device.type == "cpu":
+            return self.data_rng
+        seed = int(torch.randint(2**62, (1,), generator=self.data_rng))
+        return torch.Generator(device=device).manual_seed(seed)
 
     def seed(self, seed: int | None, rank: int) -> None:
         """A fresh run: seed Pyro (each process its own noise, ``seed + rank``) and the data order
-        (the same on every process); ``seed=None`` draws the data-order seed from torch's RNG."""
+        (the same on every process); ``seed=None`` draws the data-order seed from torch's RNG on
+        the main process and shares it with the others."""
         if seed is not None:
             pyro.set_rng_seed(seed + rank)
             self.data_rng.manual_seed(seed)
         else:
-            self.data_rng.manual_seed(int(torch.randint(2**62, (1,)).item()))
+            drawn = int(torch.randint(2**62, (1,)).item())
+            self.data_rng.manual_seed(distributed.broadcast_object(drawn))
 
-    def restore(self, saved: dict, rank: int, seed: int | None) -> None:
-        """Continue from a checkpoint's entries (see the module docstring)."""
+    def restore(self, saved: dict, rank: int, seed: int | None, device: torch.device) -> None:
+        """Continue from a checkpoint's entries (see the module docstring) on ``device``."""
         self.position = RunPosition(**saved["position"])
         result = self.result
         result.history, result.curve = list(saved["history"]), list(saved["curve"])
         result.skipped_steps = list(saved.get("skipped_steps", []))
         result.train_seconds = sum(h["train_seconds"] for h in result.history)
         self.best_valid = saved.get("best_valid_elbo", -math.inf)
+        if saved["data_rng"].numel() != self.data_rng.get_state().numel():
+            raise CheckpointError("the checkpoint holds the data-order state of a CUDA generator (written by "
+                                  "pyro-vae 0.1.0 on a GPU); resume it with that version on a GPU")
         self.data_rng.set_state(saved["data_rng"])
-        set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
+        rng = saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0]
+        set_rng_state(rng)
+        if device.type == "cuda" and "cuda" not in rng:  # written on the CPU: CUDA noise from the restored state
+            torch.cuda.manual_seed_all(int(torch.randint(2**62, (1,))))
         if rank >= len(saved["rng"]):  # a run resumed on more processes: fresh noise streams
             pyro.set_rng_seed((seed or 0) + rank + self.position.step)
 

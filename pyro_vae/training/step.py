@@ -14,7 +14,7 @@ import torch
 from .. import distributed
 from ..pyro_internals import unconstrained_param
 
-__all__ = ["ELBOLoss", "NonFiniteLossError", "ddp_loss", "owner_module", "svi_step"]
+__all__ = ["ELBOLoss", "NonFiniteLossError", "ddp_loss", "explain_nonfinite", "owner_module", "svi_step"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,6 +75,45 @@ def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0) ->
     for p in params:
         p.grad = None
     return loss.detach(), applied
+
+
+RELAXED = ("RelaxedOneHotCategorical", "RelaxedBernoulli", "RelaxedOneHotCategoricalStraightThrough",
+           "RelaxedBernoulliStraightThrough")
+"""Concrete / Gumbel-softmax distributions: at a low temperature their draws reach the edge of the
+support in float32, where the density is not finite."""
+
+
+def explain_nonfinite(model, guide, x: torch.Tensor, *args) -> str:
+    """Why a minibatch's loss may be non-finite: the first site of the pair whose log-density is
+    not finite on a rerun of guide and model on ``x`` (without gradients, without touching the RNG
+    streams), with the likely cause for relaxed (Concrete) latents; ``""`` when the rerun finds none."""
+    cuda = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.no_grad(), pyro.poutine.block(), \
+            pyro.validation_enabled(False):
+        guide_trace = pyro.poutine.trace(guide).get_trace(x, *args)
+        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(x, *args)
+        for role, trace in (("guide", guide_trace), ("model", model_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                value = site["fn"].log_prob(site["value"])
+                if not bool(torch.isfinite(value).all()):
+                    return _nonfinite_reason(role, name, site["fn"], value)
+    return ""
+
+
+def _nonfinite_reason(role: str, name: str, fn, log_prob: torch.Tensor) -> str:
+    kind = "nan" if bool(torch.isnan(log_prob).any()) else "infinite"
+    base = fn
+    while hasattr(base, "base_dist") and type(base).__name__ not in RELAXED:
+        base = base.base_dist
+    text = f"the log-density of {role} site {name!r} ({type(base).__name__}) is {kind} on this minibatch"
+    if type(base).__name__ in RELAXED:
+        temperature = float(torch.as_tensor(base.temperature).min())
+        text += (f": a relaxed (Concrete) latent at temperature {temperature:g} draws values at the edge of its "
+                 "support in float32, where the density is not finite. Raise the temperature (or anneal it more "
+                 "slowly); the learning rate is not the cause")
+    return text
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:

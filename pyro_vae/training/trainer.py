@@ -34,7 +34,7 @@ from .schedule import KLSchedule
 from .signals import stop_on_signals
 from .speed import compiled_networks, minibatch_sizes, record_jit_graphs
 from .state import RunState, TrainResult, get_rng_state
-from .step import ELBOLoss, NonFiniteLossError, ddp_loss, svi_step
+from .step import ELBOLoss, NonFiniteLossError, ddp_loss, explain_nonfinite, svi_step
 
 __all__ = ["MAX_BACKOFFS", "Trainer", "TrainerOptions"]
 
@@ -97,10 +97,10 @@ class Trainer:
         self.device, self.num_train = data.device, data.train.shape[0]
         self.writes = folder is not None and distributed.is_main()
         self._started = 0.0  # perf_counter at the last clock start or lap
-        self.state = RunState(self.device)
+        self.state = RunState()
         if checkpoint is not None:
             optim.set_state(checkpoint["optimizer"])
-            self.state.restore(checkpoint, self.rank, options.seed)
+            self.state.restore(checkpoint, self.rank, options.seed, self.device)
         else:
             self.state.seed(options.seed, self.rank)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -155,8 +155,9 @@ class Trainer:
         pos.start_epoch(rng, self.device)
         if pos.epoch_points is None:  # a checkpoint of pyro-vae <= 0.1.0 counted every step's points
             pos.epoch_points = min(pos.batch * self.options.batch_size, self.num_train)
-        x_epoch = self.data.train_epoch(generator=rng)
-        perm = torch.randperm(self.num_train, device=self.device, generator=rng)
+        draws = self.state.epoch_generator(self.device)
+        x_epoch = self.data.train_epoch(generator=draws)
+        perm = torch.randperm(self.num_train, device=self.device, generator=draws)
         self.logger.start_epoch(pos.epoch + 1, pos.batch)
         for b in range(pos.batch, self.steps_per_epoch):
             self._step(x_epoch, perm, b)
@@ -183,7 +184,7 @@ class Trainer:
         args = (self.data.train_labels[index],) if self.options.labels else ()
         loss, applied = svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world))
         if not applied:
-            self._on_nonfinite(loss, b)
+            self._on_nonfinite(loss, b, x_epoch[index], *args)
             pos.epoch_skipped += 1
         else:
             pos.epoch_total = pos.epoch_total + loss
@@ -257,17 +258,22 @@ class Trainer:
         return save_checkpoint(self.folder.path / name, self.optim, step=pos.step, epoch=pos.epoch,
                                **self.state.checkpoint_entries(rng_states, self.config, self.options.epochs))
 
-    def _on_nonfinite(self, loss: torch.Tensor, b: int) -> None:
-        """A step whose loss or gradient was not finite (and was not applied): stop, or back off."""
+    def _on_nonfinite(self, loss: torch.Tensor, b: int, x: torch.Tensor, *args) -> None:
+        """A step whose loss or gradient was not finite (and was not applied): stop, or back off.
+        The message names the site whose log-density is not finite, when a rerun finds one."""
         pos, skipped, backoff = self.state.position, self.state.result.skipped_steps, self.options.nonfinite_backoff
         where = f"step {pos.step + 1} (epoch {pos.epoch + 1}, minibatch {b + 1})"
         kept = (f"; the last good checkpoint {self.folder.checkpoint} is intact"
                 if self.folder is not None and self.folder.checkpoint.exists() else "")
         if backoff is None or len(skipped) >= MAX_BACKOFFS:
             why = "" if backoff is None else f" for the {MAX_BACKOFFS + 1}th time (nonfinite_backoff gives up)"
+            cause = explain_nonfinite(self.model, self.guide, x, *args)
+            advice = (f"; {cause}" if "relaxed" in cause else
+                      f"{'; ' + cause if cause else ''}. Lower the learning rate, or pass nonfinite_backoff "
+                      "(--nonfinite-backoff) to skip such steps")
             raise NonFiniteLossError(
-                f"non-finite loss or gradient at {where}{why}: loss {float(loss)}; the step was not applied{kept}. "
-                "Lower the learning rate, or pass nonfinite_backoff (--nonfinite-backoff) to skip such steps")
+                f"non-finite loss or gradient at {where}{why}: loss {float(loss)}; the step was not applied{kept}"
+                f"{advice}")
         scale_learning_rate(self.optim, backoff)
         factor = backoff ** (len(skipped) + 1)
         skipped.append({"step": pos.step + 1, "epoch": pos.epoch + 1, "lr_factor": factor})
