@@ -84,11 +84,13 @@ support in float32, where the density is not finite."""
 
 
 def explain_nonfinite(model, guide, x: torch.Tensor, *args) -> str:
-    """Why a minibatch's loss may be non-finite: the first site of the pair whose log-density is
-    not finite on a rerun of guide and model on ``x`` (without gradients, without touching the RNG
-    streams), with the likely cause for relaxed (Concrete) latents; ``""`` when the rerun finds none."""
+    """Why a minibatch's loss or gradient may be non-finite: the first site of the pair whose
+    log-density, or its gradient with respect to the parameters, is not finite on a rerun of guide
+    and model on ``x`` (without touching the RNG streams or the parameters' gradients), with the
+    likely cause for relaxed (Concrete) latents; ``""`` when the rerun finds none."""
     cuda = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), torch.no_grad(), pyro.poutine.block(), \
+    params = [p for _, p in pyro.get_param_store().named_parameters()]
+    with torch.random.fork_rng(devices=cuda), torch.enable_grad(), pyro.poutine.block(), \
             pyro.validation_enabled(False):
         guide_trace = pyro.poutine.trace(guide).get_trace(x, *args)
         model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(x, *args)
@@ -96,18 +98,29 @@ def explain_nonfinite(model, guide, x: torch.Tensor, *args) -> str:
             for name, site in trace.nodes.items():
                 if site["type"] != "sample":
                     continue
-                value = site["fn"].log_prob(site["value"])
-                if not bool(torch.isfinite(value).all()):
-                    return _nonfinite_reason(role, name, site["fn"], value)
+                log_prob = site["fn"].log_prob(site["value"]).sum()
+                what = _nonfinite_part(log_prob, params)
+                if what:
+                    return _nonfinite_reason(role, name, site["fn"], what)
     return ""
 
 
-def _nonfinite_reason(role: str, name: str, fn, log_prob: torch.Tensor) -> str:
-    kind = "nan" if bool(torch.isnan(log_prob).any()) else "infinite"
+def _nonfinite_part(log_prob: torch.Tensor, params: list) -> str:
+    """``"log-density"`` or ``"gradient of the log-density"`` when that is not finite, else ``""``."""
+    if not bool(torch.isfinite(log_prob)):
+        return "log-density"
+    if log_prob.requires_grad:
+        grads = torch.autograd.grad(log_prob, params, allow_unused=True, retain_graph=True)
+        if not all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
+            return "gradient of the log-density"
+    return ""
+
+
+def _nonfinite_reason(role: str, name: str, fn, what: str) -> str:
     base = fn
     while hasattr(base, "base_dist") and type(base).__name__ not in RELAXED:
         base = base.base_dist
-    text = f"the log-density of {role} site {name!r} ({type(base).__name__}) is {kind} on this minibatch"
+    text = f"the {what} of {role} site {name!r} ({type(base).__name__}) is not finite on this minibatch"
     if type(base).__name__ in RELAXED:
         temperature = float(torch.as_tensor(base.temperature).min())
         text += (f": a relaxed (Concrete) latent at temperature {temperature:g} draws values at the edge of its "
