@@ -10,7 +10,7 @@ layout and the API reference under ``docs/``).
 
 from .check import ModelGuideError, check_model_guide
 from .data import DataNotFoundError, Dataset, load_dataset
-from .evaluation import LogLikelihoodResult, estimate_log_likelihood, evaluate_elbo
+from .evaluation import LogLikelihoodResult, PairedComparison, estimate_log_likelihood, evaluate_elbo
 from .latent import active_units, anomaly_scores, decode, encode, interpolate, latent_manifold, traverse
 from .models import (
     MODELS,
@@ -65,6 +65,7 @@ __all__ = [
     "LogLikelihoodResult",
     "ModelGuideError",
     "NonFiniteLossError",
+    "PairedComparison",
     "RunFolder",
     "TraceMeanField_ELBO",
     "Trace_ELBO",

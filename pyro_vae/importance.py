@@ -30,7 +30,7 @@ from pyro import poutine
 
 from .pyro_internals import is_deterministic, scale_and_mask, site_is_subsample
 
-__all__ = ["LogWeights", "guess_max_plate_nesting", "log_importance_weights", "sample_sites"]
+__all__ = ["LogWeights", "guess_max_plate_nesting", "log_importance_weights", "plate_nesting", "sample_sites"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
@@ -79,13 +79,13 @@ def guess_max_plate_nesting(model, guide, *args, **kwargs) -> int:
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    dims = [
-        -frame.dim
-        for trace in (guide_trace, model_trace)
-        for _, site in sample_sites(trace)
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
+    return plate_nesting(guide_trace, model_trace)
+
+
+def plate_nesting(*traces) -> int:
+    """Number of batch dimensions the plates of the sample sites in ``traces`` use."""
+    dims = [-frame.dim for trace in traces for _, site in sample_sites(trace)
+            for frame in site["cond_indep_stack"] if frame.vectorized]
     return max(dims, default=0)
 
 
@@ -191,11 +191,32 @@ def _sum_log_weights(model_trace, guide_trace, num_particles, total_dims, data_p
                 shape = (num_particles, frame.size)
             if require_reparam and sign < 0:
                 _check_reparameterized(name, site)
-            lp = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])  # unscaled
+            lp = scale_and_mask(_log_prob(name, site, sign), 1.0, site["mask"])  # unscaled
             lp = _per_datapoint(lp, total_dims, frame.dim, shape)
             log_w = sign * lp if log_w is None else log_w + sign * lp
             scales.append(site["scale"])
     return log_w, scales, subsampled
+
+
+def _log_prob(name: str, site, sign: float) -> torch.Tensor:
+    """The site's log-density at its value; a draw that fails torch's support check (validation on)
+    raises :class:`~pyro_vae.ModelGuideError` naming the site and the likely cause."""
+    try:
+        return site["fn"].log_prob(site["value"])
+    except ValueError as e:
+        if "support" not in str(e):
+            raise
+        from .check.errors import ModelGuideError  # here: the check package imports this module
+        from .check.validation import boundary_hint
+
+        first_line = str(e).splitlines()[0]
+        if site["is_observed"]:
+            raise ModelGuideError(f"observed site {name!r}: a value fails the support check of "
+                                  f"{type(site['fn']).__name__} ({first_line})") from e
+        role = "model" if sign > 0 else "guide"
+        raise ModelGuideError(f"{role} site {name!r}: a guide draw fails the support check of the {role}'s "
+                              f"{type(site['fn']).__name__} ({first_line}); "
+                              f"{boundary_hint(site['fn'], site['value'].dtype)}") from e
 
 
 def _check_reparameterized(name: str, site) -> None:

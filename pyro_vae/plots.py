@@ -8,6 +8,7 @@ notebook's inline backend stays) and leaves no figure open.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -93,7 +94,7 @@ def plot_log_likelihood_diagnostics(result, images: torch.Tensor | None, image_s
     ``(N, H * W)`` in [0, 1] with ``image_shape`` ``(H, W)``, are given): the ``num_worst``
     datapoints with the largest k-hat, where the guide is the poorest proposal.
     """
-    has_khat = result.pareto_k is not None and not torch.isnan(result.pareto_k).all()
+    has_khat = result.pareto_k is not None and bool(torch.isfinite(result.pareto_k).any())
     ncols = 2 + (images is not None and has_khat)
     fig = Figure(figsize=(4.2 * ncols, 3.6))
     axes = fig.subplots(1, ncols)
@@ -101,7 +102,8 @@ def plot_log_likelihood_diagnostics(result, images: torch.Tensor | None, image_s
     if has_khat:
         _draw_khat(axes[1], result)
     else:
-        axes[1].text(0.5, 0.5, "k-hat needs K >= 100", ha="center", va="center")
+        why = "\n".join(textwrap.wrap(" ".join(result.notes()) or "no finite k-hat", 50))
+        axes[1].text(0.5, 0.5, why, ha="center", va="center", fontsize=8)
         axes[1].axis("off")
     if ncols == 3:
         _draw_worst(axes[2], result, images, image_shape, num_worst)
@@ -121,8 +123,9 @@ def _draw_bounds(ax, result) -> None:
 
 
 def _draw_khat(ax, result) -> None:
-    """Histogram of the finite PSIS k-hat values, with the 0.5 / 0.7 thresholds."""
-    khat = result.pareto_k[~torch.isnan(result.pareto_k)].numpy()
+    """Histogram of the finite PSIS k-hat values, with the 0.5 / 0.7 thresholds (the counts in the
+    title include the undefined and infinite ones)."""
+    khat = result.pareto_k[torch.isfinite(result.pareto_k)].numpy()
     ax.hist(khat, bins=40, color="C1")
     for threshold in (0.5, 0.7):
         ax.axvline(threshold, color="k", ls="--", lw=1)

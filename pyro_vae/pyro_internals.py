@@ -20,8 +20,7 @@ from pyro.distributions.util import is_identically_zero as _is_identically_zero
 from pyro.distributions.util import scale_and_mask as _scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.infer.util import check_fully_reparametrized as _check_fully_reparametrized
-from pyro.infer.util import is_validation_enabled as _is_validation_enabled
+from pyro.infer.util import MultiFrameTensor as _MultiFrameTensor
 from pyro.infer.util import torch_item as _torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample as _site_is_subsample
@@ -29,19 +28,18 @@ from pyro.poutine.util import site_is_subsample as _site_is_subsample
 __all__ = [
     "MessageHook",
     "TracelessELBO",
-    "check_fully_reparametrized",
     "compiled_graphs",
     "compute_log_r",
     "elbo_traces",
     "is_deterministic",
     "is_identically_zero",
-    "is_validation_enabled",
     "jit_trace",
     "log_r_sum_to",
     "optim_args",
     "optim_constructor",
     "pending_optim_state",
     "per_param_optimizers",
+    "plate_sums",
     "scale_and_mask",
     "score_parts",
     "set_optim_args",
@@ -70,18 +68,6 @@ def scale_and_mask(tensor, scale=1.0, mask=None):
     """``tensor * scale`` with the entries where ``mask`` is False set to 0 (``mask=None``: none);
     returns ``tensor`` itself when ``scale`` is 1 and ``mask`` is None."""
     return _scale_and_mask(tensor, scale, mask)
-
-
-def is_validation_enabled() -> bool:
-    """Whether Pyro's inference-time checks are on (``pyro.enable_validation``,
-    ``pyro.validation_enabled``)."""
-    return _is_validation_enabled()
-
-
-def check_fully_reparametrized(guide_site) -> None:
-    """Raise ``NotImplementedError`` unless the guide site draws with ``rsample`` (all of its
-    log-density is in the entropy part, none in the score-function part)."""
-    _check_fully_reparametrized(guide_site)
 
 
 # -- trace sites ----------------------------------------------------------------------------------
@@ -117,6 +103,13 @@ def log_r_sum_to(log_r, site):
     """``log r`` (from :func:`compute_log_r`) summed over every plate the ``site`` is not in,
     keeping the dims of its own plates (partial Rao-Blackwellization); 0.0 for an empty trace."""
     return log_r.sum_to(site["cond_indep_stack"])
+
+
+def plate_sums(terms):
+    """The tensors of ``terms`` (``(cond_indep_stack, tensor)`` pairs, e.g. per-site ELBO terms)
+    grouped by the vectorized plates they are in (Pyro's ``MultiFrameTensor``), for
+    :func:`log_r_sum_to`: like :func:`compute_log_r`, but of any terms, not only ``log p - log q``."""
+    return _MultiFrameTensor(*terms)
 
 
 def strip_trace_shapes(message: str) -> str:

@@ -90,10 +90,10 @@ def test_fewer_than_100_samples_give_nan():
     assert np.isnan(pareto_k_from_tail(tail, 99)).all()
 
 
-# Exact ties. Behaviour pinned as arviz 0.x has always given it: when fewer than 5 weights lie
-# strictly above PSIS's cut-off (all weights equal, say), there is no tail to fit: k-hat is inf
-# (counted as k > 0.7) and the weights are left equal. arviz >= 1 raises on such a tail, and
-# psislw maps that to the same inf.
+# Exact ties. psislw itself keeps arviz 0.x's answer: when fewer than 5 weights lie strictly above
+# PSIS's cut-off (all weights equal, say), there is no tail to fit, k-hat is inf and the weights are
+# left equal (arviz >= 1 raises on such a tail, and psislw maps that to the same inf). The estimator
+# reads such a tail as tied weights: k-hat NaN (JSON null, with a note), ESS = K.
 
 
 def test_all_equal_weights_give_inf_and_uniform_weights():
@@ -116,15 +116,39 @@ def test_tied_rows_do_not_affect_the_other_rows():
     assert np.isfinite(alone).all()
 
 
-def test_fewer_than_five_distinct_tail_weights_give_inf():
-    k, m = 200, psis_tail_length(200)
-    tail = torch.full((m + 1, 2), -3.0, dtype=torch.float64)
-    tail[:3, 0] = torch.tensor([0.0, -1.0, -2.0], dtype=torch.float64)  # 3 above the cut-off
-    assert np.all(pareto_k_from_tail(tail, k) == np.inf)  # column 1: all tied
+def _tail(columns, k=200):
+    """The (M + 1, B) largest log-weights of K = k samples, from per-column lists (padded with the
+    last value, which is then the cut-off)."""
+    m = psis_tail_length(k)
+    tail = torch.empty(m + 1, len(columns), dtype=torch.float64)
+    for j, top in enumerate(columns):
+        tail[:, j] = torch.tensor(list(top) + [top[-1]] * (m + 1 - len(top)), dtype=torch.float64)
+    return tail
 
 
-def test_estimate_with_identical_weights_reports_inf_khat():
-    """A deterministic (Delta) latent: every importance weight equals p(x) exactly."""
+def test_tied_tails_are_nan_and_a_dominated_tail_is_inf():
+    """Column by column: 3 weights above a tied cut-off (arviz: tail too short) -> tied, NaN; all
+    equal -> tied, NaN; equal up to float64 rounding -> tied, NaN; 3 weights above a cut-off more
+    than exp(708) below them (the rest are negligible: the estimate rests on 3 samples) -> inf;
+    every weight zero -> NaN."""
+    from pyro_vae.diagnostics import tied_tails
+
+    k = 200
+    rounding = [-7.0 + 1e-15 * i for i in range(10, 0, -1)]
+    tail = _tail([[0.0, -1.0, -2.0, -3.0], [-3.0], rounding, [0.0, -1.0, -2.0, -800.0], [-math.inf]], k)
+    tied = tied_tails(tail.numpy().T, float(np.finfo(np.float64).eps))
+    assert tied.tolist() == [True, True, True, False, False]
+    khat = pareto_k_from_tail(tail, k)
+    assert np.isnan(khat[[0, 1, 2, 4]]).all() and khat[3] == np.inf
+    # float32 log-weights: a spread of 1e-6 nats at |log w| = 50 is rounding (tied); in float64 it is not
+    wide = _tail([[-50.0 + 2e-7 * i for i in range(8, 0, -1)]], k)
+    assert tied_tails(wide.numpy().T, float(np.finfo(np.float32).eps)).tolist() == [True]
+    assert tied_tails(wide.numpy().T, float(np.finfo(np.float64).eps)).tolist() == [False]
+
+
+def test_estimate_with_identical_weights_reports_tied_weights():
+    """A deterministic (Delta) latent: every importance weight equals p(x) exactly. k-hat is NaN
+    (no tail: tied weights), counted and explained as such, ESS = K, and the result saves."""
     x = torch.randn(3, 4, dtype=torch.float64)
 
     def model(x):
@@ -137,7 +161,49 @@ def test_estimate_with_identical_weights_reports_inf_khat():
             pyro.sample("z", dist.Delta(torch.zeros(x.shape[0], dtype=x.dtype)))
 
     result = estimate_log_likelihood(model, guide, x, num_samples=200, batch_size=2)
-    assert torch.all(result.pareto_k == math.inf)
+    assert torch.isnan(result.pareto_k).all()
     assert torch.equal(result.ess, torch.full((3,), 200.0, dtype=torch.float64))
     torch.testing.assert_close(result.log_likelihood, dist.Normal(0.0, 1.0).log_prob(x).sum(-1))
-    assert result.pareto_k_counts()["k>0.7"] == 3
+    assert result.pareto_k_counts() == {"k<=0.5": 0, "0.5<k<=0.7": 0, "k>0.7": 0, "tied": 3}
+    assert any("weights tie" in note for note in result.notes())
+
+
+# The streaming log-sum-exp with zero weights (log w = -inf) in any pattern of chunks.
+
+
+def _patterns(rng, num_chunks, chunk, columns):
+    """Log-weights in ``num_chunks`` chunks; per chunk and column: all -inf, some -inf, or finite,
+    at offsets from -2000 to +500 nats (beyond exp's float64 range, so shifts must be exact)."""
+    blocks = []
+    for _ in range(num_chunks):
+        block = rng.normal(size=(chunk, columns)) * 3.0 + rng.choice([-2000.0, -800.0, -10.0, 0.0, 500.0], size=columns)
+        kind = rng.integers(0, 3, size=columns)  # 0: all -inf, 1: some -inf, 2: finite
+        block[:, kind == 0] = -np.inf
+        some = (rng.random(size=(chunk, columns)) < 0.5) & (kind == 1)
+        block[some] = -np.inf
+        blocks.append(block)
+    return torch.from_numpy(np.concatenate(blocks))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_streaming_logsumexp_is_exact_for_any_pattern_of_zero_weights(seed):
+    """Equal to torch.logsumexp of the concatenation to float64 rounding (1e-12 relative), -inf
+    exactly where every weight is zero; the ESS equals the direct one, NaN where undefined."""
+    rng = np.random.default_rng(seed)
+    num_chunks, chunk, columns = int(rng.integers(2, 8)), int(rng.integers(1, 30)), 12
+    log_w = _patterns(rng, num_chunks, chunk, columns)
+    log_w[:chunk, 0] = -np.inf  # column 0: the first chunk is all -inf, a later one finite
+    log_w[-1, 0] = -900.0
+    log_w[:, 1] = -np.inf  # column 1: every weight zero
+    log_w[:, 2] = torch.linspace(-1003.0, -997.0, log_w.shape[0], dtype=torch.float64)
+    log_w[:chunk, 2] = -np.inf  # column 2: the first chunk all -inf, then only weights below exp's range
+    acc = StreamingLogWeights(group_sizes=(1,), tail_size=5)
+    for piece in torch.split(log_w, chunk):
+        acc.update(piece)
+    expected = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+    torch.testing.assert_close(acc.log_mean_exp(), expected, rtol=1e-12, atol=0)
+    assert acc.log_mean_exp()[1] == -math.inf and torch.isfinite(acc.log_mean_exp()[[0, 2]]).all()
+    w = torch.exp(log_w - log_w.max(0).values)
+    direct_ess = (w.sum(0) ** 2 / (w**2).sum(0)).clamp(max=log_w.shape[0])
+    torch.testing.assert_close(acc.ess(), direct_ess, rtol=1e-9, atol=0, equal_nan=True)
+    torch.testing.assert_close(acc.group_bound(1), log_w.mean(0), rtol=1e-12, atol=0)

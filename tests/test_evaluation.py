@@ -1,16 +1,21 @@
-"""Log-likelihood estimation against exact answers (linear Gaussian model) and on the MNIST VAE."""
+"""Log-likelihood estimation against exact answers (linear Gaussian model) and on the MNIST VAE;
+result files in standard JSON; seeds that leave the caller's RNGs alone."""
 
+import json
 import math
+import random
+import tempfile
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-
+from conftest import make_vae
 from linear_gaussian import LinearGaussian
+
 from pyro_vae import estimate_log_likelihood, evaluate_elbo
 from pyro_vae.diagnostics import StreamingLogWeights, pareto_k_from_tail, psis_tail_length
-from conftest import make_vae
 
 
 @pytest.fixture
@@ -193,3 +198,148 @@ def test_cpu_equals_gpu(trained_mnist_vae):
     gpu = estimate_log_likelihood(vae.model, vae.guide, x.cuda(), 2000, 25, seed=0)
     diff = cpu.log_likelihood - gpu.log_likelihood  # different random streams: agree within MC error
     assert abs(diff.mean().item()) < 4 * diff.std().item() / math.sqrt(50) + 1e-3
+
+
+def _refuse_constant(token):
+    raise AssertionError(f"non-standard JSON token {token}")
+
+
+def _same(a, b):
+    """Two results hold the same per-datapoint values (NaN equal to NaN) and the same fingerprint."""
+    torch.testing.assert_close(a.log_likelihood, b.log_likelihood, rtol=0, atol=0, equal_nan=True)
+    assert a.iwae_bounds.keys() == b.iwae_bounds.keys() and a.num_samples == b.num_samples
+    for k in a.iwae_bounds:
+        torch.testing.assert_close(a.iwae_bounds[k], b.iwae_bounds[k], rtol=0, atol=0, equal_nan=True)
+    for name in ("ess", "pareto_k"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0, equal_nan=True)
+    assert a.data_fingerprint == b.data_fingerprint
+
+
+def test_exact_guide_is_exact_and_its_diagnostics_and_file_are_valid(lg, tmp_path):
+    """Issue 17, item 5: with the exact posterior as guide every weight equals p(x) (to float64
+    rounding): log p̂(x) is exact per datapoint, ESS = K, k-hat is null with a note (tied weights,
+    no tail; arviz says inf), and the report is standard JSON that loads back to the same result."""
+    from pyro_vae import LogLikelihoodResult
+
+    x = lg.sample(40)
+    exact = lg.exact_log_likelihood(x)
+    result = estimate_log_likelihood(lg.model, lg.exact_guide, x, num_samples=1000, batch_size=16, seed=0)
+    torch.testing.assert_close(result.log_likelihood, exact, atol=1e-9, rtol=0)
+    path = tmp_path / "evaluation.json"
+    result.save(path)
+    report = json.loads(path.read_text(), parse_constant=_refuse_constant)  # strict: no NaN / Infinity
+    torch.testing.assert_close(torch.tensor(report["per_datapoint"]["log_likelihood"], dtype=torch.float64), exact,
+                               atol=1e-9, rtol=0)
+    assert torch.equal(result.ess, torch.full((40,), 1000.0, dtype=torch.float64))
+    assert torch.isnan(result.pareto_k).all()
+    assert result.pareto_k_counts() == {"k<=0.5": 0, "0.5<k<=0.7": 0, "k>0.7": 0, "tied": 40}
+    assert report["per_datapoint"]["pareto_k"] == [None] * 40 and report["per_datapoint"]["ess"] == [1000.0] * 40
+    assert report["summary"]["notes"] == result.notes() and "weights tie" in result.notes()[0]
+    _same(LogLikelihoodResult.load(path), result)
+
+
+def test_non_finite_values_are_saved_as_standard_json_and_restored(tmp_path):
+    """-inf estimates (every weight zero), inf and NaN k-hat, NaN ESS and the NaN standard error of
+    a single datapoint: written as null (the infinities recorded by index), read back exactly."""
+    from pyro_vae import LogLikelihoodResult
+
+    inf, nan = math.inf, math.nan
+
+    def t(*values):
+        return torch.tensor(values, dtype=torch.float64)
+
+    result = LogLikelihoodResult(t(-inf, -3.0, -2.0), 200, {1: t(-inf, -4.0, -2.5)}, t(nan, 12.0, 200.0),
+                                 t(nan, inf, 0.3), 1.5)
+    single = LogLikelihoodResult(t(-2.0), 200, {}, t(3.0), t(0.2))  # stderr over one datapoint: NaN
+    for name, r in (("three", result), ("single", single)):
+        r.save(tmp_path / f"{name}.json")
+        report = json.loads((tmp_path / f"{name}.json").read_text(), parse_constant=_refuse_constant)
+        _same(LogLikelihoodResult.load(tmp_path / f"{name}.json"), r)
+    assert report["summary"]["log_likelihood"]["stderr"] is None
+    report = json.loads((tmp_path / "three.json").read_text())
+    assert report["summary"]["non_finite"] == {"log_likelihood": {"-inf": [0]}, "iwae_1": {"-inf": [0]},
+                                               "pareto_k": {"inf": [1]}}
+    assert result.pareto_k_counts() == {"k<=0.5": 1, "0.5<k<=0.7": 0, "k>0.7": 1, "tied": 0, "zero weights": 1}
+    assert len(result.notes()) == 2  # the inf k-hat, the zero weights
+
+
+def test_an_unwritable_report_is_rescued(tmp_path, monkeypatch):
+    from pyro_vae import LogLikelihoodResult
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = LogLikelihoodResult(torch.tensor([-1.0, -2.0], dtype=torch.float64), 10)
+    with pytest.raises(OSError, match=r"could not write .*missing.*the result was written to (\S+) instead") as e:
+        result.save(tmp_path / "missing" / "evaluation.json")
+    rescued = str(e.value).split("written to ")[1].split(" instead")[0]
+    _same(LogLikelihoodResult.load(rescued), result)
+
+
+def _draws():
+    return torch.rand(4).tolist(), np.random.rand(3).tolist(), random.random()
+
+
+def test_a_seed_leaves_the_callers_random_streams_alone(lg):
+    """Issue 17, item 7: after an estimate with seed=..., the caller's next draws from torch, numpy and
+    random are those it would have made without the call (also when the estimate raises); the
+    estimate itself depends on the seed only."""
+    from pyro_vae import anomaly_scores
+
+    x = lg.sample(20)
+    pyro.set_rng_seed(123)
+    _draws()
+    expected = _draws()
+    pyro.set_rng_seed(123)
+    _draws()
+    first = estimate_log_likelihood(lg.model, lg.poor_guide, x, 200, 8, seed=7)
+    anomaly_scores(lg.model, lg.poor_guide, x, num_samples=20, seed=3)
+
+    def failing_guide(x):
+        lg.poor_guide(x)
+        raise RuntimeError("the guide fails after drawing")
+
+    with pytest.raises((RuntimeError, ValueError), match="fails after drawing"):  # the checker names it
+        estimate_log_likelihood(lg.model, failing_guide, x, 200, 8, seed=7)
+    assert _draws() == expected
+    torch.manual_seed(999)
+    np.random.seed(5)
+    again = estimate_log_likelihood(lg.model, lg.poor_guide, x, 200, 8, seed=7)
+    _same(again, first)
+    other = estimate_log_likelihood(lg.model, lg.poor_guide, x, 200, 8, seed=8)
+    assert not torch.equal(other.log_likelihood, first.log_likelihood)
+
+
+def test_seeded_minibatches_give_the_same_estimate_on_two_processes(lg, monkeypatch):
+    """The distributed path, simulated in one process: rank r evaluates minibatches b = r (mod 2)
+    from the per-minibatch seeds, with its own RNG state before the call; gathered on rank 0 they
+    equal a one-process estimate with the same seed, bit for bit, and neither rank's RNG moved."""
+    from pyro_vae.evaluation import minibatches
+
+    x = lg.sample(50)
+    one = estimate_log_likelihood(lg.model, lg.poor_guide, x, 200, 8, seed=11)
+    state, parts = {}, {}
+
+    class Sent(Exception):
+        pass
+
+    def gather(obj):
+        parts[state["rank"]] = obj
+        if state["rank"] == 1:
+            raise Sent  # rank 1 stops here; rank 0, run next, gathers both parts
+        return [parts[0], parts[1]]
+
+    monkeypatch.setattr(minibatches, "world_size", lambda: 2)
+    monkeypatch.setattr(minibatches, "rank", lambda: state["rank"])
+    monkeypatch.setattr(minibatches, "gather_objects", gather)
+    for r in (1, 0):
+        state["rank"] = r
+        torch.manual_seed(100 + r)
+        expected = torch.rand(3)
+        torch.manual_seed(100 + r)
+        if r == 1:
+            with pytest.raises(Sent):
+                estimate_log_likelihood(lg.model, lg.poor_guide, x, 200, 8, seed=11, distributed=True)
+        else:
+            two = estimate_log_likelihood(lg.model, lg.poor_guide, x, 200, 8, seed=11, distributed=True)
+        assert torch.equal(torch.rand(3), expected)
+    assert parts[1][0] == [1, 3, 5] and parts[0][0] == [0, 2, 4, 6]  # 7 minibatches of 8 over 2 ranks
+    _same(two, one)

@@ -9,6 +9,8 @@ One module per command:
   RUN_DIR`` continues one from its checkpoint. Under ``torchrun`` it trains with DDP.
 * ``pyro-vae evaluate RUN_DIR`` (:mod:`.evaluate`): importance-sampled log p(x) of a trained run
   on its test set (under ``torchrun``, the minibatches are shared out over the processes).
+* ``pyro-vae compare RUN_A RUN_B`` (:mod:`.compare`): the paired difference of two runs'
+  log p̂(x) (and IWAE bounds) on the same test points, with its paired standard error.
 * ``pyro-vae latent RUN_DIR`` (:mod:`.latent`): interpolation, traversal, anomaly (and, for a
   2-D latent space, manifold) pictures of a trained run.
 * ``pyro-vae models`` (:mod:`.models`): the shipped model/guide pairs and their options.
@@ -28,11 +30,11 @@ from .. import __version__
 from ..data import DataNotFoundError
 from ..distributed import init_from_env, is_main
 from ..training import CheckpointError, NonFiniteLossError, TrainingInterrupted, load_run
-from . import demo, evaluate, latent, models, train
+from . import compare, demo, evaluate, latent, models, train
 
 __all__ = ["build_parser", "load_run", "main"]
 
-COMMANDS = (train, evaluate, latent, models, demo)
+COMMANDS = (train, evaluate, compare, latent, models, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

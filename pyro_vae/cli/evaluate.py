@@ -71,7 +71,7 @@ def run(args, parser) -> int:
     result = estimate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress, *labels,
                       chunk=args.particle_chunk_size)
     output = args.output or args.run_dir / "evaluation.json"
-    picture = save_estimate(result, x, dataset.image_shape, output)
     print(result.format())
+    picture = save_estimate(result, x, dataset.image_shape, output)
     print(f"report: {output}\npicture: {picture}")
     return 0

@@ -15,10 +15,16 @@ stays bounded whatever ``K`` and the data size.
 
 Modules: :mod:`~pyro_vae.evaluation.estimator` (:func:`estimate_log_likelihood`,
 :func:`evaluate_elbo`), :mod:`~pyro_vae.evaluation.result` (:class:`LogLikelihoodResult`),
-:mod:`~pyro_vae.evaluation.minibatches` (minibatches, their seeds and processes; particle chunks).
+:mod:`~pyro_vae.evaluation.comparison` (paired differences on the same datapoints, the data
+fingerprint), :mod:`~pyro_vae.evaluation.files` (standard-JSON result files),
+:mod:`~pyro_vae.evaluation.khat` (how k-hat values read), :mod:`~pyro_vae.evaluation.rng` (seeds
+that leave the caller's RNGs alone), :mod:`~pyro_vae.evaluation.minibatches` (minibatches, their
+seeds and processes; particle chunks).
 """
 
+from .comparison import PairedComparison, data_fingerprint
 from .estimator import DEFAULT_BOUND_KS, estimate_log_likelihood, evaluate_elbo
 from .result import LogLikelihoodResult
 
-__all__ = ["DEFAULT_BOUND_KS", "LogLikelihoodResult", "estimate_log_likelihood", "evaluate_elbo"]
+__all__ = ["DEFAULT_BOUND_KS", "LogLikelihoodResult", "PairedComparison", "data_fingerprint",
+           "estimate_log_likelihood", "evaluate_elbo"]

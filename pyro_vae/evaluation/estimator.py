@@ -3,18 +3,20 @@ built on it (the math is in :mod:`pyro_vae.evaluation`)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
 from ..check import check_model_guide
-from ..diagnostics import StreamingLogWeights, pareto_k_from_tail, psis_tail_length
+from ..diagnostics import StreamingLogWeights, psis_tail_length
 from ..importance import guess_max_plate_nesting, log_importance_weights
+from .comparison import data_fingerprint
 from .minibatches import MinibatchPlan, particles_per_chunk, slice_args
 from .result import LogLikelihoodResult
+from .rng import forked_rng, seed_minibatch
 
 __all__ = ["DEFAULT_BOUND_KS", "estimate_log_likelihood", "evaluate_elbo"]
 
@@ -42,9 +44,12 @@ def estimate_log_likelihood(model, guide, data: torch.Tensor, num_samples: int =
             datapoint pairs per chunk); a multiple of every ``k`` in ``bound_ks``. The estimate
             does not depend on it beyond Monte Carlo noise.
         diagnostics: compute ESS and PSIS k-hat (``K >= 100`` for k-hat).
-        seed: seeds Pyro's RNGs: each minibatch of ``batch_size`` datapoints draws from its own
-            seed, derived from this one, so the estimates do not depend on which process
-            evaluates which minibatch (``None``: leave the RNGs as they are).
+        seed: makes the estimate reproducible: each minibatch of ``batch_size`` datapoints draws
+            from its own seed, derived from this one, so the estimates do not depend on which
+            process evaluates which minibatch. The global RNGs (torch's CPU generator and the data
+            device's, Python's ``random``, numpy's) are forked for the estimate and restored after
+            it, so the caller's next draws are the same as without the call (see
+            :mod:`pyro_vae.evaluation.rng`). ``None``: draw from the global RNGs as they are.
         data_plate: name of the data plate in the pair.
         progress: show a progress bar over datapoints.
         distributed: under ``torchrun`` (``torch.distributed`` initialized with several
@@ -53,7 +58,8 @@ def estimate_log_likelihood(model, guide, data: torch.Tensor, num_samples: int =
             Ignored in a single process.
 
     Returns:
-        :class:`LogLikelihoodResult`, tensors on the CPU, float64, in nats.
+        :class:`LogLikelihoodResult`, tensors on the CPU, float64, in nats, with the data's
+        fingerprint (so that :meth:`LogLikelihoodResult.compare` can pair it with another result).
 
     Raises:
         ValueError: ``num_samples <= 0`` or empty data.
@@ -65,17 +71,40 @@ def estimate_log_likelihood(model, guide, data: torch.Tensor, num_samples: int =
     Scaling: log-densities are used unscaled, so a ``poutine.scale`` inside the pair (a beta
     or KL-annealing weight) does not change the estimate of the generative model's ``log p(x)``.
     """
+    options = _Options(bound_ks, particle_chunk_size, diagnostics, seed, data_plate, progress, distributed)
+    result = _estimate(model, guide, data, num_samples, batch_size, args, kwargs, options)
+    result.data_fingerprint = data_fingerprint(data)
+    return result
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The keyword options of :func:`estimate_log_likelihood`."""
+
+    bound_ks: tuple
+    chunk_size: int | None
+    diagnostics: bool
+    seed: int | None
+    data_plate: str
+    progress: bool
+    distributed: bool
+
+
+def _estimate(model, guide, data, num_samples: int, batch_size: int, args: tuple, kwargs: dict,
+              options: _Options) -> LogLikelihoodResult:
+    """:func:`estimate_log_likelihood` without the data fingerprint; with a seed, inside forked RNGs."""
     _check_sizes(num_samples, batch_size, data)
-    group_sizes = tuple(sorted({int(k) for k in bound_ks if 0 < k < num_samples}))
-    tail_size = psis_tail_length(num_samples) + 1 if diagnostics else 0
-    plan = MinibatchPlan.make(data.shape[0], batch_size, seed, distributed)
+    group_sizes = tuple(sorted({int(k) for k in options.bound_ks if 0 < k < num_samples}))
+    tail_size = psis_tail_length(num_samples) + 1 if options.diagnostics else 0
+    plan = MinibatchPlan.make(data.shape[0], batch_size, options.seed, options.distributed)
     start = time.perf_counter()
-    check_model_guide(model, guide, data, *args, data_plate=data_plate, **kwargs)
-    nesting = _max_plate_nesting(model, guide, data, batch_size, args, kwargs)
-    sampler = _Sampler(model, guide, num_samples, group_sizes, tail_size, particle_chunk_size, nesting,
-                       data_plate, diagnostics)
-    results, bounds = plan.gather(*sampler.run(data, args, kwargs, plan, progress))
-    return _result(results, bounds, num_samples, diagnostics, time.perf_counter() - start)
+    with forked_rng(data.device) if options.seed is not None else contextlib.nullcontext():
+        check_model_guide(model, guide, data, *args, data_plate=options.data_plate, **kwargs)
+        nesting = _max_plate_nesting(model, guide, data, batch_size, args, kwargs)
+        sampler = _Sampler(model, guide, num_samples, group_sizes, tail_size, options.chunk_size, nesting,
+                           options.data_plate, options.diagnostics)
+        results, bounds = plan.gather(*sampler.run(data, args, kwargs, plan, options.progress))
+    return _result(results, bounds, num_samples, options.diagnostics, time.perf_counter() - start)
 
 
 def _check_sizes(num_samples: int, batch_size: int, data: torch.Tensor) -> None:
@@ -131,7 +160,7 @@ class _Sampler:
         with torch.no_grad():
             for b in plan.mine:
                 if plan.seeds is not None:
-                    pyro.set_rng_seed(plan.seeds[b])
+                    seed_minibatch(plan.seeds[b], data.device)
                 index = plan.index(b)
                 x = data[index]
                 acc = self.log_weights(x, *slice_args(args, kwargs, plan.num_points, index))
@@ -140,8 +169,7 @@ class _Sampler:
                     bounds[k].append(acc.group_bound(k))
                 if self.diagnostics:  # k-hat is fitted on the CPU (arviz): one transfer of the tail per batch
                     results["ess"].append(acc.ess())
-                    khat = pareto_k_from_tail(acc.tail, self.num_samples)
-                    results["pareto_k"].append(torch.from_numpy(khat))
+                    results["pareto_k"].append(torch.from_numpy(acc.pareto_k()))
                 bar.update(x.shape[0])
         bar.close()
         # to the CPU once, after the loop (no host sync between minibatches beyond the k-hat tails)
@@ -180,8 +208,6 @@ def evaluate_elbo(model, guide, data: torch.Tensor, batch_size: int = 1000, *arg
     The same estimator as ``Trace_ELBO`` with one particle, per datapoint, unscaled: whatever
     objective a pair was trained with, this measures the same bound, so runs are comparable.
     """
-    result = estimate_log_likelihood(
-        model, guide, data, 1, batch_size, *args, bound_ks=(), diagnostics=False, distributed=distributed,
-        **kwargs,
-    )
+    options = _Options((), None, False, None, "data", False, distributed)
+    result = _estimate(model, guide, data, 1, batch_size, args, kwargs, options)
     return result.mean, result.stderr

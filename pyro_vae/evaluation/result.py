@@ -1,15 +1,17 @@
-"""The result of a log-likelihood estimate: per-datapoint values in nats, their summaries and files."""
+"""The result of a log-likelihood estimate: per-datapoint values in nats, their summaries, files and
+paired comparisons."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..diagnostics import KHAT_THRESHOLDS
+from .comparison import PairedComparison, check_same_datapoints, paired_comparison
+from .files import decode_columns, encode_columns, read_json, write_json
+from .khat import pareto_k_counts, pareto_k_notes
 
 __all__ = ["LogLikelihoodResult", "standard_error"]
 
@@ -30,9 +32,15 @@ class LogLikelihoodResult:
         num_samples: ``K``.
         iwae_bounds: ``{k: (N,) float64}``, the IWAE_k bound per datapoint for smaller ``k``
             (from the same samples; ``k = 1`` is the ELBO).
-        ess: ``(N,)`` effective sample size of the normalized weights (1 to ``K``).
-        pareto_k: ``(N,)`` PSIS k-hat of the weights (NaN when ``K < 100``).
+        ess: ``(N,)`` effective sample size of the normalized weights (1 to ``K``; ``K`` when they
+            tie; NaN when every weight is zero).
+        pareto_k: ``(N,)`` PSIS k-hat of the weights: a number, or NaN when undefined (``K < 100``,
+            tied weights, every weight zero), ``inf`` when there is no fittable tail
+            (:meth:`notes` says which).
         seconds: wall-clock of the estimation.
+        data_fingerprint: :func:`~pyro_vae.evaluation.comparison.data_fingerprint` of the
+            datapoints (``None`` for a result made by hand); :meth:`compare` pairs only results
+            with equal fingerprints.
     """
 
     log_likelihood: torch.Tensor
@@ -41,6 +49,7 @@ class LogLikelihoodResult:
     ess: torch.Tensor | None = None
     pareto_k: torch.Tensor | None = None
     seconds: float = 0.0
+    data_fingerprint: str | None = None
 
     @property
     def num_datapoints(self) -> int:
@@ -63,38 +72,73 @@ class LogLikelihoodResult:
         values = self.log_likelihood if k == self.num_samples else self.iwae_bounds[k]
         return float(values.mean()), standard_error(values)
 
+    def values(self, k: int | None = None) -> torch.Tensor:
+        """``(N,)`` per-datapoint values in nats: ``log p̂(x_n)`` (``k`` ``None`` or ``K``), or the
+        IWAE_k bound (``k = 1``: the ELBO)."""
+        if k is None or k == self.num_samples:
+            return self.log_likelihood
+        if k not in self.iwae_bounds:
+            have = ", ".join(str(j) for j in sorted(self.iwae_bounds) + [self.num_samples])
+            raise ValueError(f"this result has no IWAE_{k} bound per datapoint; it has k = {have}")
+        return self.iwae_bounds[k]
+
+    def compare(self, other: LogLikelihoodResult, k: int | None = None,
+                names=("A", "B")) -> PairedComparison:
+        """``self - other`` on the same datapoints: mean difference and its paired standard error.
+
+        Args:
+            other: a result on the same datapoints, in the same order.
+            k: compare the IWAE_k bounds (``k = 1``: the ELBOs); ``None``: the log p̂(x) estimates
+                (each with its own ``K``).
+            names: how errors name ``self`` and ``other``.
+
+        Returns:
+            :class:`~pyro_vae.evaluation.comparison.PairedComparison`, nats per datapoint.
+
+        Raises:
+            ValueError: the results are not on the same datapoints (count or fingerprint differ, or
+                one has no fingerprint), a result lacks IWAE_k, or a value is not finite.
+
+        Example:
+            >>> x = torch.tensor([-90.0, -80.0, -70.0], dtype=torch.float64)
+            >>> a = LogLikelihoodResult(x, 5000, data_fingerprint="sha256:0")
+            >>> b = LogLikelihoodResult(x - torch.tensor([1.0, 0.5, 1.5]), 5000, data_fingerprint="sha256:0")
+            >>> print(a.compare(b).format())
+            log_likelihood: +1.000 ± 0.289 nats per datapoint (paired SE; unpaired SE 8.067), N = 3
+        """
+        check_same_datapoints(self, other, names)
+        quantity = "log_likelihood" if k is None else f"iwae_{k}"
+        return paired_comparison(self.values(k), other.values(k), quantity, names)
+
     def pareto_k_counts(self) -> dict[str, int]:
-        """How many datapoints have k-hat <= 0.5 (good), in (0.5, 0.7] (ok), > 0.7 (bad)."""
-        k = self.pareto_k
-        if k is None or torch.isnan(k).all():
-            return {}
-        lo, hi = KHAT_THRESHOLDS
-        return {
-            f"k<={lo}": int((k <= lo).sum()),
-            f"{lo}<k<={hi}": int(((k > lo) & (k <= hi)).sum()),
-            f"k>{hi}": int((k > hi).sum()),
-        }
+        """How many datapoints have k-hat <= 0.5 (good), in (0.5, 0.7] (ok), > 0.7 (bad), tied
+        weights (no tail) and every weight zero (see :func:`~pyro_vae.evaluation.khat.pareto_k_counts`)."""
+        return pareto_k_counts(self.pareto_k, self.log_likelihood, self.num_samples)
+
+    def notes(self) -> list[str]:
+        """Sentences explaining the values that are not plain numbers (k-hat null or inf, zero weights)."""
+        return pareto_k_notes(self.pareto_k, self.log_likelihood, self.num_samples)
 
     def summary(self) -> dict:
         """Scalars for printing and JSON: means and standard errors (nats per datapoint),
-        diagnostics, seconds."""
+        diagnostics, seconds, the data's count and fingerprint, notes."""
         bounds = {str(k): dict(zip(("mean", "stderr"), self.bound(k))) for k in sorted(self.iwae_bounds)}
         bounds[str(self.num_samples)] = {"mean": self.mean, "stderr": self.stderr}
         out = {
             "units": "nats per datapoint (log-likelihood; higher is better)",
             "num_datapoints": self.num_datapoints,
+            "data_fingerprint": self.data_fingerprint,
             "num_samples": self.num_samples,
             "log_likelihood": {"mean": self.mean, "stderr": self.stderr},
             "iwae_bounds": bounds,
             "seconds": self.seconds,
         }
         if self.ess is not None:
-            out["ess"] = {
-                "mean": float(self.ess.mean()),
-                "median": float(self.ess.median()),
-                "min": float(self.ess.min()),
-            }
+            ess = self.ess[~torch.isnan(self.ess)]
+            out["ess"] = {name: float(fn(ess)) if len(ess) else None
+                          for name, fn in (("mean", torch.mean), ("median", torch.median), ("min", torch.min))}
         out["pareto_k_counts"] = self.pareto_k_counts()
+        out["notes"] = self.notes()
         return out
 
     def per_datapoint(self) -> dict[str, list]:
@@ -105,16 +149,44 @@ class LogLikelihoodResult:
         if self.ess is not None:
             cols["ess"] = self.ess.tolist()
         if self.pareto_k is not None:
-            cols["pareto_k"] = [None if math.isnan(v) else v for v in self.pareto_k.tolist()]
+            cols["pareto_k"] = self.pareto_k.tolist()
         return cols
 
     def save(self, path: str | Path) -> None:
-        """Write the summary and every per-datapoint value as one JSON file (atomically)."""
-        path = Path(path)
-        report = {"summary": self.summary(), "per_datapoint": self.per_datapoint()}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1, allow_nan=False))
-        tmp.replace(path)
+        """Write the summary and every per-datapoint value as one standard-JSON file (atomically).
+
+        Non-finite numbers are written as ``null``; ``summary["non_finite"]`` records, per column,
+        the indices of ``inf`` and ``-inf`` values (other ``null`` values are NaN), so :meth:`load`
+        restores them. See
+        :mod:`pyro_vae.evaluation.files` (never fails on a value; an unwritable ``path`` leaves the
+        file in the temporary folder and says where).
+        """
+        columns, non_finite = encode_columns(self.per_datapoint())
+        write_json(path, {"summary": {**self.summary(), "non_finite": non_finite}, "per_datapoint": columns})
+
+    @classmethod
+    def load(cls, path: str | Path) -> LogLikelihoodResult:
+        """The result that :meth:`save` wrote to ``path`` (``pyro-vae evaluate``'s report).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not standard JSON, or not a pyro-vae evaluation report.
+        """
+        report = read_json(path)
+        try:
+            summary, columns = report["summary"], report["per_datapoint"]
+            values = decode_columns(columns, summary.get("non_finite"))
+            num_samples = int(summary["num_samples"])
+            bounds = {int(name[5:]): values[name] for name in values if name.startswith("iwae_")}
+            result = cls(torch.tensor(values["log_likelihood"], dtype=torch.float64), num_samples,
+                         {k: torch.tensor(v, dtype=torch.float64) for k, v in bounds.items()},
+                         *(torch.tensor(values[c], dtype=torch.float64) if c in values else None
+                           for c in ("ess", "pareto_k")),
+                         float(summary.get("seconds") or 0.0), summary.get("data_fingerprint"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} is not a pyro-vae evaluation report (from LogLikelihoodResult.save or "
+                             f"pyro-vae evaluate): {type(e).__name__}: {e}") from None
+        return result
 
     def format(self) -> str:
         """A human-readable summary table (nats per datapoint)."""
@@ -134,5 +206,6 @@ class LogLikelihoodResult:
         counts = self.pareto_k_counts()
         if counts:
             lines.append("  Pareto k-hat: " + ", ".join(f"{name}: {n}" for name, n in counts.items()))
+        lines.extend(f"  note: {note}" for note in self.notes())
         lines.append(f"  seconds: {self.seconds:.1f}")
         return "\n".join(lines)

@@ -18,9 +18,9 @@ A *conforming pair* is two Pyro functions ``model(x, *args, **kwargs)`` and
   distributions must be reparameterizable (``has_rsample``).
 * **Parameters.** Neural nets are registered with ``pyro.module`` (or are ``PyroModule``\\ s),
   so Pyro's param store, the optimizer and the checkpoints see them.
-* **Scales.** ``poutine.scale`` on latent sites (beta-VAE, KL warm-up) must be applied in both
-  model and guide, so that ``TraceMeanField_ELBO``, which reads the guide's scale for the
-  analytic KL, gives the same objective as ``Trace_ELBO``.
+* **Scales.** ``poutine.scale`` on latent sites (beta-VAE, KL warm-up) goes in both model and
+  guide: a latent scaled differently in the two gets the sampled log-ratio instead of the
+  analytic KL under ``meanfield``, and is refused under free bits.
 
 The trainer (:func:`pyro_vae.train`) and the estimators (:func:`pyro_vae.estimate_log_likelihood`,
 :func:`pyro_vae.evaluate_elbo`) assume nothing else; :func:`pyro_vae.check_model_guide` runs a
@@ -65,7 +65,7 @@ class PairModule(nn.Module):
         if data_dim < 1 or latent_dim < 1:
             raise ValueError(f"data_dim and latent_dim must be positive, got {data_dim} and {latent_dim}")
         if not beta > 0:
-            raise ValueError(f"beta must be positive (a scale of 0 breaks TraceMeanField_ELBO), got {beta}")
+            raise ValueError(f"beta must be positive (poutine.scale refuses a scale of 0), got {beta}")
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.likelihood = get_likelihood(likelihood)

@@ -8,23 +8,33 @@ a *loss* is its negative, as Pyro's ELBO classes return it.
 name       class                         estimator of the per-datapoint bound
 =========  ============================  ==============================================
 trace      :class:`Trace_ELBO`           Monte Carlo KL: log p(x,z) - log q(z|x), z ~ q
-meanfield  :class:`TraceMeanField_ELBO`  analytic KL(q || p) where it exists
+meanfield  :class:`TraceMeanField_ELBO`  trace's, with the analytic KL(q || p) of each latent
+                                         site where it is a term of the ELBO (*)
 iwae       :class:`IWAE_ELBO`            log (1/K) sum_k w_k  (Burda et al. 2015)
 =========  ============================  ==============================================
 
-``Trace_ELBO`` and ``TraceMeanField_ELBO`` here are Pyro's classes (subclasses, same estimators,
-same gradients) whose loss stays a device tensor: Pyro's read every site's log-density to the
-host with ``.item()`` and check the loss for NaN in the forward and backward pass, up to seven
-host syncs per step on a GPU.
+``Trace_ELBO`` here is Pyro's class (a subclass, same estimator, same gradients) whose loss stays a
+device tensor: Pyro's reads every site's log-density to the host with ``.item()`` and checks the
+loss for NaN in the forward and backward pass, up to seven host syncs per step on a GPU.
+
+(*) ``TraceMeanField_ELBO`` here is *not* Pyro's, which takes the analytic KL at every site and so
+optimizes another objective for guides that run against the model's order (e.g. the shipped
+``HierarchicalVAE``), with no score-function term for discrete latents. Ours decides per site from
+the dependency structure of the two programs (:mod:`pyro_vae.check.structure`, where the
+condition is derived), falls back to the sampled ``log p - log q`` elsewhere, and adds
+``Trace_ELBO``'s score-function terms for guide sites without ``rsample``: the same ELBO as
+``trace`` for every pair, with lower variance where closed forms apply.
 
 Two modifications of the KL term for any pair, outside the table:
 
 * **KL warm-up / annealing** (Bowman et al. 2016, Sønderby et al. 2016): :func:`scale_latents`
   multiplies the log-densities of every *latent* site, in model and guide alike, by a factor
-  ``beta`` (the trainer raises it linearly from ``1/N`` to 1 over ``N`` steps). Both functions
-  must be scaled: ``TraceMeanField_ELBO`` reads the guide's scale for the analytic KL.
+  ``beta`` (the trainer raises it linearly from ``1/N`` to 1 over ``N`` steps). Scale both
+  functions: a KL has one weight (a site scaled differently in model and guide gets the sampled
+  term under ``meanfield`` and is refused under free bits).
 * **Free bits** (Kingma et al. 2016): :class:`FreeBitsELBO` replaces the KL of each latent
-  dimension, averaged over the minibatch, by ``max(lambda, KL_j)``.
+  dimension, unscaled and averaged over the minibatch, by ``max(lambda, KL_j)``; ``beta`` and the
+  data scale multiply the clamped term afterwards.
 
 :class:`JitELBO` compiles any of them with ``torch.jit.trace``. One module per concept:
 

@@ -61,6 +61,9 @@ class JitELBO(LossFromDifferentiableLoss):
         key = (model, guide) + tuple(  # bound methods of one object compare (and hash) equal
             (tuple(a.shape), a.dtype, str(a.device)) if isinstance(a, torch.Tensor) else type(a) for a in args)
         if key not in self.compiled:
+            prepare = getattr(self.elbo, "prepare", None)  # the pair's structure, read eagerly, not recorded
+            if prepare is not None:
+                prepare(model, guide, *args)
             loss = functools.partial(self.elbo.differentiable_loss, model, guide)  # tensors only: no value frozen
             self.compiled[key] = jit_trace(loss, ignore_warnings=True)
         return self.compiled[key]

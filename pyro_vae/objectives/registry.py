@@ -29,7 +29,8 @@ def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plat
     Particles are vectorized. For ``trace`` and ``meanfield`` the ``K`` particles are averaged
     (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound.
     ``free_bits > 0`` (nats per latent dimension) gives :class:`FreeBitsELBO`, for ``meanfield``
-    only (it needs the per-dimension analytic KL). ``jit=True`` wraps the objective in
+    only (it needs the per-dimension analytic KL; pairs for which that KL is not a term of the
+    ELBO are refused at their first call, and by ``check_model_guide(..., free_bits=...)``). ``jit=True`` wraps the objective in
     :class:`JitELBO` (static pairs only; give ``max_plate_nesting``).
 
     Raises:

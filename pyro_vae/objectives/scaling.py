@@ -26,7 +26,9 @@ def scale_latents(fn, factor):
     ``E_q[log p(x | z)] - beta * KL(q(z | x) || p(z))`` (nats per datapoint).
 
     ``factor`` is a number, or a zero-argument callable read at each call (for a schedule).
-    Wrap model *and* guide: ``TraceMeanField_ELBO`` reads the guide's scale for the analytic KL.
+    Wrap model *and* guide: a KL carries one weight, so ``TraceMeanField_ELBO`` takes the analytic
+    KL only of sites scaled alike in both (the sampled term otherwise) and ``FreeBitsELBO``
+    refuses sites scaled differently.
     Start warm-up schedules above 0 (the trainer's starts at ``1/N``): at 0 the KL term vanishes
     and nothing checks it (unlike ``poutine.scale``, which refuses a scale of 0).
     """

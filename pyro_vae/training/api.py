@@ -136,7 +136,7 @@ def train(
         optim = make_optimizer(optimizer, lr)
     if clear_params:
         pyro.clear_param_store()
-    max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels)
+    max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels, schedule.free_bits)
     objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, jit=jit)
     module = owner_module(model, guide, module)
     networks = compile_targets(module, model, guide, *example) if compile else []
@@ -173,7 +173,7 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo: str, schedule:
         folder.check_resumable()
 
 
-def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> tuple[int, tuple]:
+def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool, free_bits: float) -> tuple[int, tuple]:
     """Run :func:`check_model_guide` on training data without touching the RNG streams; returns
     the pair's max plate nesting (so that the objective does not draw from the RNGs to guess it)
     and a two-point example input ``(x, *args)``."""
@@ -182,7 +182,7 @@ def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool) -> tuple[i
     with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
         x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
         args = (data.train_labels[: len(x)],) if labels else ()
-        check_model_guide(model, guide, x, *args, elbo=elbo)
+        check_model_guide(model, guide, x, *args, elbo=elbo, free_bits=free_bits)
         example = (x[:2], *(a[:2] for a in args))
         return guess_max_plate_nesting(model, guide, *example), example
 

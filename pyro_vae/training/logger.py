@@ -1,17 +1,20 @@
-"""Logging of a run as it goes: a progress bar per epoch, one line per epoch, TensorBoard scalars.
+"""Logging of a run as it goes: a progress bar per epoch, one line per epoch, TensorBoard scalars,
+and the stopwatch of its SVI steps.
 
 Only the main process (rank 0) shows or writes anything. Numbers are ELBOs in nats per datapoint.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
 
-__all__ = ["RunLogger"]
+__all__ = ["RunLogger", "Stopwatch"]
 
 TENSORBOARD_KEYS = ("train_elbo", "test_elbo", "valid_elbo")
 
@@ -78,6 +81,30 @@ class RunLogger:
         self.close_bar()
         if self.writer is not None:
             self.writer.close()
+
+
+class Stopwatch:
+    """Wall-clock of SVI steps on ``device``: each reading waits for the device's queued work
+    (CUDA kernels run asynchronously), so seconds are the steps', not their launch's."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.started = device, 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        """Start timing (after the device's pending work)."""
+        self._sync()
+        self.started = time.perf_counter()
+
+    def lap(self) -> float:
+        """Seconds since the last start or lap."""
+        self._sync()
+        now = time.perf_counter()
+        elapsed, self.started = now - self.started, now
+        return elapsed
 
 
 def _tensorboard_writer(log_dir: Path | None):

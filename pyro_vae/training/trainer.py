@@ -17,7 +17,6 @@ logging (:mod:`.logger`). :func:`pyro_vae.train` builds a trainer from its argum
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import pyro
@@ -28,7 +27,7 @@ from ..data import Dataset
 from ..evaluation import evaluate_elbo
 from ..optim import scale_learning_rate
 from .checkpoint import save_checkpoint
-from .logger import RunLogger
+from .logger import RunLogger, Stopwatch
 from .run_folder import RunFolder
 from .schedule import KLSchedule
 from .signals import stop_on_signals
@@ -96,7 +95,7 @@ class Trainer:
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.device, self.num_train = data.device, data.train.shape[0]
         self.writes = folder is not None and distributed.is_main()
-        self._started = 0.0  # perf_counter at the last clock start or lap
+        self.clock = Stopwatch(self.device)
         self.state = RunState()
         if checkpoint is not None:
             optim.set_state(checkpoint["optimizer"])
@@ -151,7 +150,7 @@ class Trainer:
     def _train_epoch(self) -> None:
         """The SVI steps of one epoch (the rest of it, when resumed inside an epoch)."""
         pos, rng = self.state.position, self.state.data_rng
-        self._clock_start()
+        self.clock.start()
         pos.start_epoch(rng, self.device)
         if pos.epoch_points is None:  # a checkpoint of pyro-vae <= 0.1.0 counted every step's points
             pos.epoch_points = min(pos.batch * self.options.batch_size, self.num_train)
@@ -166,13 +165,13 @@ class Trainer:
             interrupted = distributed.any_true(self.stop.signal is not None)
             every = self.folder.checkpoint_every if self.folder is not None else 0
             if not last and (interrupted or (every and pos.step % every == 0)):
-                self._clock_lap()
+                self.state.position.epoch_seconds += self.clock.lap()
                 path = self._checkpoint()
                 if interrupted:
                     self.logger.close_bar()
                     self.stop.raise_interrupted(path, pos.step, self._where(pos.epoch + 1), self.state.result.out)
         self.logger.close_bar()
-        self._clock_lap()
+        self.state.position.epoch_seconds += self.clock.lap()
 
     def _step(self, x_epoch: torch.Tensor, perm: torch.Tensor, b: int) -> None:
         """SVI step on minibatch ``b`` of the epoch (this process's share of it under torchrun)."""
@@ -282,20 +281,3 @@ class Trainer:
     def _where(self, epoch: int) -> str:
         pos = self.state.position
         return f"step {pos.step} (epoch {epoch}, minibatch {pos.batch}/{self.steps_per_epoch})"
-
-    def _clock_start(self) -> None:
-        """Start timing SVI steps (after the device's pending work)."""
-        _sync(self.device)
-        self._started = time.perf_counter()
-
-    def _clock_lap(self) -> None:
-        """Add the time since the last start or lap to the epoch's seconds (after the device's work)."""
-        _sync(self.device)
-        now = time.perf_counter()
-        self.state.position.epoch_seconds += now - self._started
-        self._started = now
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
