@@ -9,17 +9,44 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 
-__all__ = ["observed_mean", "reconstruct", "sample_prior"]
+__all__ = ["observation", "observed_mean", "reconstruct", "sample_prior"]
+
+
+def _observed_site(trace, skip: str | None = None) -> dict:
+    observed = [site for name, site in trace.nodes.items()
+                if site["type"] == "sample" and site["is_observed"] and name != skip]
+    if not observed:
+        raise ValueError("the model has no observed site (pyro.sample(..., obs=x))")
+    return observed[0]
 
 
 def observed_mean(trace, skip: str | None = None) -> torch.Tensor:
     """Mean of the first observed site's distribution in a model ``trace`` (``skip``: a site fixed by
     conditioning), e.g. ``(batch, D)`` pixel probabilities for a Bernoulli likelihood."""
-    observed = [site for name, site in trace.nodes.items()
-                if site["type"] == "sample" and site["is_observed"] and name != skip]
-    if not observed:
-        raise ValueError("the model has no observed site (pyro.sample(..., obs=x))")
-    return observed[0]["fn"].mean
+    return _observed_site(trace, skip)["fn"].mean
+
+
+@torch.no_grad()
+def observation(model, x: torch.Tensor, *args, guide=None, **kwargs) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The model's first observed site, whatever it observes (``x`` itself, or the bottom half of
+    an image given its top half, ...): ``(name, observed value, mean)``, the last two
+    ``(batch, k)`` with ``k`` values per datapoint, for ``z ~ p(z)`` (``guide=None``) or one draw
+    ``z ~ q(z | x)``.
+
+    Raises:
+        ValueError: no observed site, or one whose value does not have ``batch`` leading rows.
+    """
+    with poutine.block():
+        if guide is not None:
+            guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+            model = poutine.replay(model, trace=guide_trace)
+        trace = poutine.trace(model).get_trace(x, *args, **kwargs)
+    site = _observed_site(trace)
+    value, mean = site["value"], site["fn"].mean.expand(site["value"].shape)
+    if value.dim() == 0 or value.shape[0] != x.shape[0]:
+        raise ValueError(f"the observed site {site['name']!r} has shape {tuple(value.shape)}, without one row "
+                         f"per datapoint ({x.shape[0]})")
+    return site["name"], value.reshape(len(value), -1), mean.reshape(len(value), -1)
 
 
 @torch.no_grad()

@@ -14,6 +14,15 @@ The log-densities are *unscaled*: ``poutine.scale`` and plate subsampling factor
 separately (:attr:`LogWeights.scale`), so that objectives can apply them after the per-datapoint
 ``logsumexp`` — the place where Pyro's ``RenyiELBO`` goes wrong.
 
+**Enumeration.** With ``enumerate="sum"`` or ``"elbo"`` the guide runs under ``poutine.enum``: a
+discrete guide site marked for parallel enumeration (``@config_enumerate``,
+``infer={"enumerate": "parallel"}``) takes every value of its support along a dim to the left of
+the particle plate instead of a draw. ``"sum"`` then adds ``p(x, y, z)/q(z | x, y)`` over those
+values, so the weight marginalizes ``y`` exactly, ``log w = log sum_y p(x, y, z_y) / q(z_y | x, y)``
+(``q(y | x)`` cancels: the estimate is unbiased whatever the classifier); ``"elbo"`` takes the
+expectation ``sum_y q(y | x) [log p(x, y, z_y) - log q(y | x) - log q(z_y | x, y)]`` (Pyro's
+``TraceEnum_ELBO``). Other sites (``"sequential"``, unmarked) are sampled and weighted as usual.
+
 Everything else in the package that needs ``log p(x, z) - log q(z | x)`` per datapoint (the
 IWAE objective, the test ELBO, :func:`pyro_vae.estimate_log_likelihood`) calls
 :func:`log_importance_weights`.
@@ -30,7 +39,8 @@ from pyro import poutine
 
 from .pyro_internals import is_deterministic, scale_and_mask, site_is_subsample
 
-__all__ = ["LogWeights", "guess_max_plate_nesting", "log_importance_weights", "plate_nesting", "sample_sites"]
+__all__ = ["ENUMERATE_MODES", "LogWeights", "guess_max_plate_nesting", "is_enumerated", "log_importance_weights",
+           "plate_nesting", "sample_sites"]
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
@@ -51,6 +61,15 @@ class LogWeights:
     log_weights: torch.Tensor
     scale: float | torch.Tensor | None
     subsampled: bool
+
+
+ENUMERATE_MODES = (None, "sum", "elbo")
+
+
+def is_enumerated(site) -> bool:
+    """Whether a sample site is marked for parallel enumeration (``config_enumerate`` or
+    ``infer={"enumerate": "parallel"}``)."""
+    return site["infer"].get("enumerate") == "parallel"
 
 
 def _vectorize(fn, num_particles: int, max_plate_nesting: int):
@@ -114,19 +133,19 @@ def _data_frame(site_name: str, site, data_plate: str):
     )
 
 
-def _per_datapoint(log_prob: torch.Tensor, total_dims: int, data_dim: int, shape) -> torch.Tensor:
-    """Sum a site's log-density over every batch dim except particles (first) and data."""
-    if log_prob.dim() > total_dims:
+def _per_datapoint(log_prob: torch.Tensor, plate_dims: int, data_dim: int, enum_dims: int) -> torch.Tensor:
+    """Sum a site's log-density over every plate dim except the data plate's: ``(*enum, K, B)``
+    (sizes 1 where it does not vary); ``plate_dims`` counts the particle plate and the pair's."""
+    if log_prob.dim() > plate_dims + enum_dims:
         raise ValueError(
-            f"a log-density has {log_prob.dim()} batch dims, more than the {total_dims} that the "
-            "plates declare; is max_plate_nesting too small?"
+            f"a log-density has {log_prob.dim()} batch dims, more than the {plate_dims - 1} that the "
+            "plates declare (plus particles and enumeration); is max_plate_nesting too small?"
         )
-    log_prob = log_prob.reshape((1,) * (total_dims - log_prob.dim()) + log_prob.shape)
-    keep = (0, total_dims + data_dim)
-    others = [d for d in range(total_dims) if d not in keep]
+    log_prob = log_prob.reshape((1,) * (plate_dims - log_prob.dim()) + log_prob.shape)
+    others = [d for d in range(-plate_dims + 1, 0) if d != data_dim]
     if others:
-        log_prob = log_prob.sum(others)
-    return log_prob.expand(shape)
+        log_prob = log_prob.sum(others, keepdim=True)
+    return log_prob.reshape(log_prob.shape[: log_prob.dim() - plate_dims + 1] + (log_prob.shape[data_dim],))
 
 
 def log_importance_weights(
@@ -137,6 +156,7 @@ def log_importance_weights(
     max_plate_nesting: int,
     data_plate: str = "data",
     require_reparam: bool = False,
+    enumerate: str | None = None,
     **kwargs,
 ) -> LogWeights:
     """Draw ``num_particles`` guide samples per datapoint and return the ``(K, B)`` log weights.
@@ -150,52 +170,89 @@ def log_importance_weights(
         data_plate: name of the plate over datapoints.
         require_reparam: raise if a guide site cannot be reparameterized (objectives that
             differentiate through the samples need this).
+        enumerate: ``None`` samples every site (enumeration marks ignored); ``"sum"`` sums
+            enumerated guide sites out of each weight, ``"elbo"`` takes the ELBO's expectation
+            over them (see the module docstring); without enumerated sites both are ``None``.
 
     Raises:
         ValueError: the sites of model and guide do not match, a site lies outside the data
-            plate, or (with ``require_reparam``) a guide site has no ``rsample``.
+            plate, an enumerated site lies in a plate nested in it, or (with
+            ``require_reparam``) a guide site has no ``rsample``.
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    model_trace, guide_trace = _trace_particles(model, guide, args, kwargs, num_particles, max_plate_nesting)
+    if enumerate not in ENUMERATE_MODES:
+        raise ValueError(f"enumerate must be one of {ENUMERATE_MODES}, got {enumerate!r}")
+    model_trace, guide_trace = _trace_particles(model, guide, args, kwargs, num_particles, max_plate_nesting,
+                                                enumerate is not None)
     _check_sites_match(model_trace, guide_trace)
-    log_w, scales, subsampled = _sum_log_weights(
-        model_trace, guide_trace, num_particles, max_plate_nesting + 1, data_plate, require_reparam
+    log_w, log_q_enum, scales, subsampled, batch = _sum_log_weights(
+        model_trace, guide_trace, max_plate_nesting + 1, data_plate, require_reparam, enumerate is not None
     )
     if log_w is None:
         raise ValueError("the model has no sample sites")
-    return LogWeights(log_w, _common_scale(scales), subsampled)
+    log_w = log_w.expand(log_w.shape[:-2] + (num_particles, batch))
+    return LogWeights(_reduce_enumerated(log_w, log_q_enum, enumerate), _common_scale(scales), subsampled)
 
 
-def _trace_particles(model, guide, args, kwargs, num_particles: int, max_plate_nesting: int):
-    """``(model_trace, guide_trace)``: the guide run with ``K`` particles in an outer plate, the
-    model replayed against its draws."""
-    guide_trace = poutine.trace(_vectorize(guide, num_particles, max_plate_nesting)).get_trace(
-        *args, **kwargs
-    )
+def _reduce_enumerated(log_w: torch.Tensor, log_q_enum, mode: str | None) -> torch.Tensor:
+    """``(*enum, K, B)`` log weights of every enumerated value to ``(K, B)``: their ``logsumexp``
+    (``"sum"``) or the expectation of ``log w - log q(y)`` under ``q(y)`` (``"elbo"``)."""
+    enum_dims = list(range(log_w.dim() - 2))
+    if not enum_dims:
+        return log_w
+    if mode == "sum":
+        return torch.logsumexp(log_w, dim=enum_dims)
+    q = log_q_enum.exp().expand(log_w.shape)  # q(y | x) of every enumerated value: sums to 1
+    return (q * log_w - torch.special.xlogy(q, q)).sum(enum_dims)
+
+
+def _trace_particles(model, guide, args, kwargs, num_particles: int, max_plate_nesting: int, enum: bool):
+    """``(model_trace, guide_trace)``: the guide run with ``K`` particles in an outer plate (and its
+    parallel-enumerated sites enumerated left of it when ``enum``), the model replayed against it."""
+    guide = _vectorize(guide, num_particles, max_plate_nesting)
+    if enum:
+        guide = poutine.enum(guide, first_available_dim=-(max_plate_nesting + 2))
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(
         poutine.replay(_vectorize(model, num_particles, max_plate_nesting), trace=guide_trace)
     ).get_trace(*args, **kwargs)
     return model_trace, guide_trace
 
 
-def _sum_log_weights(model_trace, guide_trace, num_particles, total_dims, data_plate, require_reparam):
-    """``(log_w, scales, subsampled)``: the ``(K, B)`` sum of the model's log-densities minus the
-    guide's (``None`` without sites), every site's scale, and whether the data plate is subsampled."""
-    log_w, scales, subsampled, shape = None, [], False, None
+def _sum_log_weights(model_trace, guide_trace, plate_dims, data_plate, require_reparam, enum):
+    """``(log_w, log_q_enum, scales, subsampled, batch)``: the ``(*enum, K, B)`` sum of the model's
+    log-densities minus the sampled guide sites' (``None`` without sites), the sum of the
+    enumerated guide sites' log-densities (0.0 without), every site's scale, and whether the data
+    plate is subsampled, and the data plate's size."""
+    log_w, log_q_enum, scales, subsampled = None, 0.0, [], False
+    enumerated = {name for name, site in sample_sites(guide_trace, observed=False) if enum and is_enumerated(site)}
     for sign, trace, observed in ((1.0, model_trace, None), (-1.0, guide_trace, False)):
         for name, site in sample_sites(trace, observed=observed):
             frame = _data_frame(name, site, data_plate)
             subsampled = subsampled or (frame.full_size is not None and frame.full_size != frame.size)
-            if shape is None:
-                shape = (num_particles, frame.size)
-            if require_reparam and sign < 0:
+            if name in enumerated:
+                _check_enumerated_plates(name, site, data_plate)
+            elif require_reparam and sign < 0:
                 _check_reparameterized(name, site)
             lp = scale_and_mask(_log_prob(name, site, sign), 1.0, site["mask"])  # unscaled
-            lp = _per_datapoint(lp, total_dims, frame.dim, shape)
-            log_w = sign * lp if log_w is None else log_w + sign * lp
+            lp = _per_datapoint(lp, plate_dims, frame.dim, len(enumerated))
+            if sign < 0 and name in enumerated:
+                log_q_enum = log_q_enum + lp
+            else:
+                log_w = sign * lp if log_w is None else log_w + sign * lp
             scales.append(site["scale"])
-    return log_w, scales, subsampled
+    return log_w, log_q_enum, scales, subsampled, frame.size if log_w is not None else 0
+
+
+def _check_enumerated_plates(name: str, site, data_plate: str) -> None:
+    nested = [f.name for f in site["cond_indep_stack"] if f.vectorized and f.name not in (data_plate, PARTICLE_PLATE)]
+    if nested:
+        raise ValueError(
+            f"enumerated site {name!r} lies in plate(s) {nested} nested in {data_plate!r}: per-datapoint "
+            f"weights sum enumerated values once per datapoint; enumerate only sites directly in "
+            f"pyro.plate({data_plate!r}), or sample this one (infer={{'enumerate': None}})"
+        )
 
 
 def _log_prob(name: str, site, sign: float) -> torch.Tensor:

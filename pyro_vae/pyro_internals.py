@@ -20,6 +20,7 @@ from pyro.distributions.util import is_identically_zero as _is_identically_zero
 from pyro.distributions.util import scale_and_mask as _scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro.infer.util import MultiFrameTensor as _MultiFrameTensor
 from pyro.infer.util import torch_item as _torch_item
 from pyro.poutine.messenger import Messenger
@@ -29,6 +30,7 @@ __all__ = [
     "MessageHook",
     "TracelessELBO",
     "compiled_graphs",
+    "compute_dice_elbo",
     "compute_log_r",
     "elbo_traces",
     "is_deterministic",
@@ -97,6 +99,15 @@ def compute_log_r(model_trace, guide_trace):
     site is in (Pyro's ``MultiFrameTensor``): the downstream cost of ``Trace_ELBO``'s
     score-function terms. Needs the sites' ``log_prob`` (``Trace.compute_log_prob``)."""
     return _compute_log_r(model_trace, guide_trace)
+
+
+def compute_dice_elbo(model_trace, guide_trace):
+    """The ELBO of one (possibly vectorized) particle of ``TraceEnum_ELBO``'s traces
+    (:func:`elbo_traces` of a ``TraceEnum_ELBO``): enumerated sites summed out, the other sites'
+    score-function terms in Dice form; a tensor whose value is the ELBO (nats, summed over the
+    batch as the sites are scaled) and whose gradient is the estimator's; the number 0 for an
+    empty trace."""
+    return _compute_dice_elbo(model_trace, guide_trace)
 
 
 def log_r_sum_to(log_r, site):

@@ -102,7 +102,7 @@ def test_public_names_are_importable_from_their_package():
             assert hasattr(mod, name), f"{module}.__all__ lists {name}, which it does not define"
 
 
-TRAINING_ORDER = {"step": 0, "checkpoint": 0, "signals": 0, "logger": 0, "schedule": 0, "speed": 0,
+TRAINING_ORDER = {"step": 0, "checkpoint": 0, "signals": 0, "logger": 0, "schedule": 0, "speed": 0, "pictures": 0,
                   "state": 1, "run_folder": 1, "trainer": 2, "api": 3}
 
 

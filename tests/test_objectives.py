@@ -220,11 +220,11 @@ def test_every_objective_name_is_exported_from_the_package():
 
     expected = {"ELBO_NAMES": "registry", "get_elbo": "registry", "Trace_ELBO": "trace",
                 "TraceMeanField_ELBO": "meanfield", "IWAE_ELBO": "iwae", "FreeBitsELBO": "free_bits",
-                "scale_latents": "scaling", "JitELBO": "jit"}
+                "scale_latents": "scaling", "JitELBO": "jit", "TraceEnum_ELBO": "enum"}
     assert set(expected) <= set(objectives.__all__)
     for name, module in expected.items():
         obj = getattr(objectives, name)
         if name != "ELBO_NAMES":
             assert obj.__module__ == f"pyro_vae.objectives.{module}", name
-    assert objectives.ELBO_NAMES == ("trace", "meanfield", "iwae")
+    assert objectives.ELBO_NAMES == ("trace", "meanfield", "iwae", "enum")
     assert all(hasattr(objectives, name) for name in objectives.__all__)

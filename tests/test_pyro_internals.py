@@ -100,6 +100,33 @@ def test_our_elbos_through_the_seam_equal_pyros_public_elbos(name, particles, ve
     assert _loss_and_grads(ours(**options), model, guide, x, seed=12)[0].item() != pytest.approx(loss.item())
 
 
+def test_compute_dice_elbo_is_pyros_traceenum_loss():
+    """compute_dice_elbo on TraceEnum_ELBO's traces (elbo_traces) is minus Pyro's public
+    TraceEnum_ELBO.differentiable_loss at the same RNG state, with a discrete site enumerated."""
+    probs = torch.tensor([0.2, 0.5, 0.3])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(probs))
+            z = pyro.sample("z", dist.Normal(y.float(), 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    @pyro.infer.config_enumerate
+    def guide(x):
+        w = pyro.param("w", torch.tensor(0.3))
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=w * torch.arange(3.0) * x.unsqueeze(-1)))
+            pyro.sample("z", dist.Normal(w * x + y.float(), 1.0))
+
+    x = torch.randn(B)
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, num_particles=2, vectorize_particles=True)
+    torch.manual_seed(3)
+    ours = sum(internals.compute_dice_elbo(m, g) for m, g in internals.elbo_traces(elbo, model, guide, (x,), {}))
+    torch.manual_seed(3)
+    pyros = elbo.differentiable_loss(model, guide, x)
+    assert torch.allclose(-ours / 2, pyros, rtol=1e-6, atol=0)
+
+
 def test_score_parts_split_log_q_by_reparameterization():
     x = torch.randn(B, 4)
     model, guide = _mixed_pair()
@@ -338,7 +365,8 @@ PRIVATE_ATTRIBUTES = {"_get_traces", "_get_trace", "_get_vectorized_trace", "_gu
                       "unconstrained", "sum_to"}
 PRIVATE_STRINGS = {"score_parts", "_deterministic", "Trace Shapes"}
 PRIVATE_NAMES = {"Messenger", "MultiFrameTensor", "torch_item", "is_identically_zero", "scale_and_mask",
-                 "check_fully_reparametrized", "is_validation_enabled", "site_is_subsample", "_compute_log_r"}
+                 "check_fully_reparametrized", "is_validation_enabled", "site_is_subsample", "_compute_log_r",
+                 "_compute_dice_elbo"}
 PUBLIC_PYRO_MODULES = {"pyro", "pyro.infer", "pyro.distributions", "pyro.poutine", "pyro.optim", "pyro.nn",
                        "pyro.distributions.transforms", "pyro.distributions.constraints",
                        "pyro.infer.inspect"}  # get_dependencies: in Pyro's API reference (Inference > Utilities)

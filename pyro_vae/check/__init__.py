@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import torch
 
-from ..importance import plate_nesting, sample_sites
+from ..importance import is_enumerated, plate_nesting, sample_sites
 from .errors import ModelGuideError
-from .objective_rules import check_objective
+from .objective_rules import check_objective, rules_of
 from .rules import (
     check_call_signature,
     check_data,
     check_data_plate,
+    check_enumeration,
     check_finite_log_densities,
     check_latent_site,
     check_observations,
@@ -48,7 +49,7 @@ def _slice(value, batch: int, num_points: int):
     return value
 
 
-def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None = None, free_bits: float = 0.0,
+def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_bits: float = 0.0,
                       batch_size: int = 8, data_plate: str = "data", **kwargs) -> None:
     """Run ``guide`` and ``model`` on the first ``batch_size`` rows of ``data`` and check the
     contract; return ``None`` when the pair conforms.
@@ -59,7 +60,14 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
             checked against the support of the observed site. Tensor arguments in
             ``args``/``kwargs`` whose first dimension is ``N`` are sliced with it (labels).
         elbo: the objective the pair will be trained with (``"trace"``, ``"meanfield"``,
-            ``"iwae"``) or ``None`` (estimation only); adds that objective's conditions.
+            ``"iwae"``, ``"enum"``), an ELBO object (``pyro.infer.Trace_ELBO(num_particles=2)``,
+            ``TraceEnum_ELBO(max_plate_nesting=1)``, ``RenyiELBO``, pyro-vae's, a subclass: checked
+            by the rules of what it computes, see :func:`~pyro_vae.check.objective_rules.rules_of`)
+            or ``None`` (estimation only); adds that objective's conditions.
+            Guide sites marked for parallel enumeration (``@config_enumerate``) are checked at a
+            sampled value by the rules below and run once enumerated under Pyro's
+            ``TraceEnum_ELBO`` with validation on; they need ``"enum"`` or ``None`` (the
+            estimators sum them exactly).
         free_bits: the free-bits threshold in nats per latent dimension the pair will be trained
             with (0: none); adds the conditions of :class:`~pyro_vae.objectives.FreeBitsELBO`.
         batch_size: rows used for the check (at least 2, so that a plate of the wrong size shows).
@@ -76,10 +84,18 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
             the batch or at any of many draws from the guide (e.g. a relaxed categorical at a
             low temperature); anything Pyro's validation raises or warns about; under free
             bits, a latent site whose analytic KL is not a term of the ELBO (see
-            :mod:`pyro_vae.check.structure`) or whose scale differs between model and guide.
+            :mod:`pyro_vae.check.structure`) or whose scale differs between model and guide; a guide site marked
+            for enumeration under an objective that would sample it; an enumerated site in a plate
+            nested in the data plate; an objective built with a ``max_plate_nesting`` below the
+            pair's; under Pyro's own ``TraceMeanField_ELBO``, a latent site that is not
+            reparameterizable or whose analytic KL is not a term of the ELBO.
+        TypeError: ``elbo`` is neither a name, ``None`` nor a ``pyro.infer.ELBO``.
 
     The global RNG state is left as it was.
     """
+    rules = rules_of(elbo, free_bits)
+    label = elbo if elbo is None or isinstance(elbo, str) else type(elbo).__name__
+    elbo = rules.name
     check_data(data)
     check_call_signature(model, data)
     batch = min(max(batch_size, 2), data.shape[0])
@@ -96,6 +112,8 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
     check_observed_site_exists(observed)
     check_data_plate(guide_sites, {**latent, **observed}, data_plate, batch)
     check_same_latent_sites(latent, guide_sites, observed)
+    enumerated = [name for name, site in guide_sites.items() if is_enumerated(site)]
+    check_enumeration(enumerated, guide_sites, elbo, data_plate, label)
     for name, site in guide_sites.items():
         check_latent_site(name, site, latent[name], elbo)
     for name, site in observed.items():
@@ -103,5 +121,6 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo: str | None 
     check_finite_log_densities(every_site)
     pairs = [(name, site, latent[name]) for name, site in guide_sites.items()]
     check_draws_in_bulk(pairs, batch)
-    check_under_pyro_validation(model, guide, x, args, kwargs, plate_nesting(guide_trace, model_trace))
-    check_objective(model, guide, x, args, kwargs, pairs, elbo, free_bits)
+    nesting = plate_nesting(guide_trace, model_trace)
+    check_under_pyro_validation(model, guide, x, args, kwargs, nesting, enum=elbo == "enum" or bool(enumerated))
+    check_objective(model, guide, x, args, kwargs, pairs, rules, nesting)

@@ -1,6 +1,8 @@
 """What an objective needs of a pair beyond the contract: ``meanfield`` a dependency structure it can
 read, free bits an analytic KL per latent dimension that is a term of the ELBO, ``iwae``
-reparameterizable guide sites (checked with the site's other rules).
+reparameterizable guide sites (checked with the site's other rules), ``enum`` enough
+``max_plate_nesting``; and, for an ELBO *object*, which of these rule sets it needs
+(:func:`rules_of`).
 
 The decision per site is made by one function, :func:`pyro_vae.check.structure.pair_structure`,
 which both the checker and the objectives call: the checker to refuse what cannot be computed
@@ -11,15 +13,61 @@ a pair, before any step) to take the closed-form KL where it is a term and the s
 
 from __future__ import annotations
 
+import math
 import numbers
+from typing import NamedTuple
 
+import pyro.infer
 import torch
 
 from .errors import ModelGuideError
 from .rules import distribution_name
 from .structure import PairStructure, pair_structure
 
-__all__ = ["check_objective", "free_bits_refusal", "same_factor", "structure_of"]
+__all__ = ["ObjectiveRules", "check_objective", "free_bits_refusal", "rules_of", "same_factor", "structure_of"]
+
+
+class ObjectiveRules(NamedTuple):
+    """The rule set of an objective: ``name`` (``"trace"``, ``"meanfield"``, ``"iwae"``, ``"enum"``
+    or ``None``), its ``free_bits`` threshold (nats per latent dimension, 0: none),
+    ``pyro_meanfield``: whether it is Pyro's own ``TraceMeanField_ELBO`` (analytic KL at *every*
+    site, no score-function term), and the ``max_plate_nesting`` it was built with (``inf``: it
+    guesses)."""
+
+    name: str | None
+    free_bits: float
+    pyro_meanfield: bool
+    max_plate_nesting: float
+
+
+def rules_of(elbo, free_bits: float = 0.0) -> ObjectiveRules:
+    """The :class:`ObjectiveRules` of ``elbo``: a name or ``None`` as given; an ELBO object by what
+    it computes (pyro-vae's objectives say so in ``checker_rules``; Pyro's classes and users'
+    subclasses of them by their base class; a ``JitELBO`` by the objective it compiles).
+
+    Raises:
+        TypeError: ``elbo`` is neither a name, ``None``, nor a ``pyro.infer.ELBO``.
+    """
+    if elbo is None or isinstance(elbo, str):
+        return ObjectiveRules(elbo, free_bits, False, math.inf)
+    if not isinstance(elbo, pyro.infer.ELBO):
+        raise TypeError(f"elbo must be a name (e.g. \"trace\"), a pyro.infer.ELBO instance or None, "
+                        f"not {type(elbo).__name__}")
+    inner = getattr(elbo, "elbo", None)  # JitELBO compiles another objective
+    if isinstance(inner, pyro.infer.ELBO):
+        return rules_of(inner, free_bits)
+    # Pyro's ELBO counts its vectorized particle plate in max_plate_nesting (ELBO.__init__ adds 1)
+    particles = int(getattr(elbo, "vectorize_particles", False) and getattr(elbo, "num_particles", 1) > 1)
+    nesting = getattr(elbo, "max_plate_nesting", math.inf) - particles
+    free_bits = max(free_bits, getattr(elbo, "free_bits", 0.0))
+    name = getattr(elbo, "checker_rules", None)
+    if name is not None:
+        return ObjectiveRules(name, free_bits, False, nesting)
+    for cls, name in ((pyro.infer.TraceEnum_ELBO, "enum"), (pyro.infer.TraceMeanField_ELBO, "meanfield"),
+                      (pyro.infer.RenyiELBO, "iwae")):
+        if isinstance(elbo, cls):
+            return ObjectiveRules(name, free_bits, name == "meanfield", nesting)
+    return ObjectiveRules("trace", free_bits, False, nesting)  # Trace_ELBO, TraceGraph_ELBO, a user's ELBO
 
 
 def same_factor(a, b) -> bool:
@@ -65,13 +113,37 @@ def structure_of(model, guide, x: torch.Tensor, args: tuple, kwargs: dict) -> Pa
 
 
 def check_objective(model, guide, x: torch.Tensor, args: tuple, kwargs: dict, pairs: list,
-                    elbo: str | None, free_bits: float) -> None:
-    """The objective's conditions; ``pairs`` holds ``(name, guide site, model site)`` per latent site."""
+                    rules: ObjectiveRules, nesting: int) -> None:
+    """The objective's conditions; ``pairs`` holds ``(name, guide site, model site)`` per latent site;
+    ``nesting`` is the plate depth the pair uses."""
+    elbo, free_bits, pyro_meanfield, declared = rules
+    if nesting > declared:
+        raise ModelGuideError(
+            f"the objective was built with max_plate_nesting={declared}, but the pair's plates use {nesting} "
+            f"batch dims; enumerated values and particles would collide with a plate: pass "
+            f"max_plate_nesting={nesting}")
     if elbo != "meanfield" and not free_bits:
         return
     structure = structure_of(model, guide, x, args, kwargs)
+    if pyro_meanfield:
+        for name, g, m in pairs:
+            _check_pyro_meanfield(name, g, structure)
     if free_bits:
         for name, g, m in pairs:
             reason = free_bits_refusal(name, g, m, structure)
             if reason is not None:
                 raise ModelGuideError(reason)
+
+
+def _check_pyro_meanfield(name: str, g: dict, structure: PairStructure) -> None:
+    """Pyro's ``TraceMeanField_ELBO`` takes the analytic KL at every latent site and has no
+    score-function term: both must be right for ``name``."""
+    if not g["fn"].has_rsample:
+        raise ModelGuideError(
+            f"guide site {name!r} ({distribution_name(g['fn'])}) is not reparameterizable, and Pyro's "
+            f"TraceMeanField_ELBO has no score-function term for it (its gradient would be wrong): use "
+            f"get_elbo(\"meanfield\") (pyro-vae's, which adds the term) or elbo=\"trace\"")
+    if structure.kl_blockers(name):
+        raise ModelGuideError(structure.refusal(name, "Pyro's TraceMeanField_ELBO").replace(
+            "Train with elbo=\"trace\" (no free bits)", "Use get_elbo(\"meanfield\") (pyro-vae's, which takes "
+            "the sampled term there) or elbo=\"trace\""))

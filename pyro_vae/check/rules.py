@@ -8,9 +8,18 @@ import torch
 
 from .errors import ModelGuideError
 
-__all__ = ["check_call_signature", "check_data", "check_data_plate", "check_finite_log_densities",
-           "check_latent_site", "check_observations", "check_observed_site_exists", "check_same_latent_sites",
-           "distribution_name"]
+__all__ = [
+    "check_call_signature",
+    "check_data",
+    "check_data_plate",
+    "check_enumeration",
+    "check_finite_log_densities",
+    "check_latent_site",
+    "check_observations",
+    "check_observed_site_exists",
+    "check_same_latent_sites",
+    "distribution_name",
+]
 
 
 def distribution_name(fn) -> str:
@@ -77,6 +86,26 @@ def check_same_latent_sites(latent: dict, guide_sites: dict, observed: dict) -> 
         where = "is observed in the model" if name in observed else "is not in the model"
         raise ModelGuideError(f"guide site {name!r} {where}; the guide must sample exactly the model's "
                               "latent sites")
+
+
+def check_enumeration(enumerated: list, guide_sites: dict, elbo, data_plate: str, label=None) -> None:
+    """Enumeration: a guide site marked for parallel enumeration (``@config_enumerate``) is
+    enumerated only by ``"enum"`` (and the estimators, ``elbo=None``); the other objectives would
+    sample it as if the mark were not there (``label`` names the objective in the message). It must
+    lie directly in the data plate."""
+    if enumerated and elbo not in (None, "enum"):
+        raise ModelGuideError(
+            f"guide site {enumerated[0]!r} is marked for enumeration (config_enumerate or "
+            f"infer={{'enumerate': 'parallel'}}) but elbo {label or elbo!r} would sample it as if the mark were not "
+            f"there: train with elbo=\"enum\" (TraceEnum_ELBO), or remove the mark to sample the site")
+    for name in enumerated:
+        nested = [f.name for f in guide_sites[name]["cond_indep_stack"] if f.vectorized and f.name != data_plate]
+        if nested:
+            raise ModelGuideError(
+                f"enumerated guide site {name!r} lies in plate(s) {nested} nested in {data_plate!r}: the "
+                f"per-datapoint estimators (test ELBO, log p(x)) sum an enumerated site once per datapoint; "
+                f"enumerate only sites directly in pyro.plate({data_plate!r}), or sample this one "
+                f"(infer={{'enumerate': None}})")
 
 
 def check_latent_site(name: str, g: dict, m: dict, elbo: str | None) -> None:

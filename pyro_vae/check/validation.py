@@ -35,6 +35,9 @@ BULK_DRAWS = 2 ** 15
 """Draws per latent site in :func:`check_draws_in_bulk` (fewer for wide sites): a failure rate of
 ``3e-4`` per draw (a relaxed categorical at temperature 0.1) shows with probability ``1 - e^-10``."""
 
+_ENUM_HINT = ("; under enumeration a site marked for it takes all its values at once, shape (C, 1, ..., 1) "
+              "left of the plates: code that uses its value must broadcast (index with pyro.ops.indexing.Vindex, "
+              "no .view/.reshape over the batch)")
 _ERRORS = (ValueError, RuntimeError, TypeError, IndexError, KeyError, NotImplementedError, AssertionError)
 _PYRO_DIR = os.path.dirname(pyro.__file__)
 
@@ -138,12 +141,17 @@ def check_draws_in_bulk(pairs, batch: int) -> None:
 
 
 def check_under_pyro_validation(model, guide, x: torch.Tensor, args: tuple, kwargs: dict,
-                                max_plate_nesting: int) -> None:
+                                max_plate_nesting: int, enum: bool = False) -> None:
     """The pair under ``pyro.validation_enabled(True)`` (torch's argument and sample checks), then
     Pyro's ``Trace_ELBO`` trace preparation on the batch (its shape and site checks) with one
-    vectorized particle as in training; Pyro's errors and warnings become
+    vectorized particle as in training, ``TraceEnum_ELBO``'s with ``enum`` (enumerated sites
+    take all their values, in dims left of the particle plate); Pyro's errors and warnings become
     :class:`ModelGuideError`, other warnings are re-issued."""
-    elbo = pyro.infer.Trace_ELBO(vectorize_particles=True, max_plate_nesting=max_plate_nesting)
+    if enum:
+        elbo = pyro.infer.TraceEnum_ELBO(vectorize_particles=True, max_plate_nesting=max_plate_nesting,
+                                         strict_enumeration_warning=False)
+    else:
+        elbo = pyro.infer.Trace_ELBO(vectorize_particles=True, max_plate_nesting=max_plate_nesting)
     with warnings.catch_warnings(record=True) as caught, poutine.block(), _rng(x), pyro.validation_enabled(True):
         warnings.simplefilter("always")
         guide_trace = _run(guide, "guide (under Pyro's validation, which training turns off)", x, args, kwargs)
@@ -155,8 +163,9 @@ def check_under_pyro_validation(model, guide, x: torch.Tensor, args: tuple, kwar
         except ModelGuideError:
             raise
         except _ERRORS as e:
+            hint = _ENUM_HINT if enum else ""
             raise ModelGuideError(f"under Pyro's validation (which training turns off for speed) the pair "
-                                  f"fails: {strip_trace_shapes(str(e))}") from e
+                                  f"fails: {strip_trace_shapes(str(e))}{hint}") from e
     for w in caught:
         if not os.path.abspath(w.filename).startswith(_PYRO_DIR):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -66,7 +66,7 @@ def run(args, parser) -> int:
         estimate(vae, x, args.num_samples, args.batch_size, args.seed, False, *labels, chunk=args.particle_chunk_size)
         return 0
     processes = f", {world_size()} processes" if world_size() > 1 else ""
-    print(f"evaluating {args.run_dir} ({config['dataset']}, {config['model']}, trained with "
+    print(f"evaluating {args.run_dir} ({config['dataset']}, {config.get('model') or config.get('pair')}, trained with "
           f"{config['elbo']}) on {len(x)} test points, K = {args.num_samples}, device {device}{processes}")
     result = estimate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress, *labels,
                       chunk=args.particle_chunk_size)

@@ -13,11 +13,12 @@ import pyro
 
 from ..distributed import is_main
 from ..models import build_model
+from ..models.external import build_from_factory, data_facts
 from ..training import KLSchedule, RunFolder, train
 from .args import add_elbo_arg, add_train_args, load_data, model_config, resolve_device
 from .evaluate import estimate, save_estimate, test_labels
 
-__all__ = ["CLI_RESUME_FLAGS", "add_parser", "run", "train_from_args"]
+__all__ = ["CLI_RESUME_FLAGS", "add_parser", "build_pair", "run", "train_from_args"]
 
 CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "jit", "compile")
 """Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
@@ -28,6 +29,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a VAE with SVI into a run folder")
     add_train_args(p, epochs=10)
     add_elbo_arg(p)
+    p.add_argument("--pair", default=None, metavar="MODULE:FACTORY",
+                   help="train your own pair instead of --model: a function that returns it (an nn.Module with "
+                        "model and guide, or (model, guide, module)) given data_dim, image_shape, likelihood, "
+                        "num_classes (those it takes) and --latent-dim/--hidden-dim when given; recorded in the "
+                        "run folder for evaluate, latent and --resume")
     p.add_argument("--out", default=None, help="run folder (default: runs/DATASET-MODEL-ELBO-seedSEED)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--evaluate-samples", type=int, default=0, metavar="K",
@@ -47,24 +53,41 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def train_from_args(args, dataset, device, elbo: str, out):
     """Build the pair the options name (its initial weights depend on ``--seed`` alone) and
     train it into ``out``; returns ``(vae, TrainResult)``."""
-    config = model_config(args, dataset)
-    pyro.set_rng_seed(args.seed)
-    vae = build_model(args.model, dataset.data_dim, **config).to(device)
     cli = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
            if k not in ("command", "resume", "default_epochs", "overwrite", "handler")}
     cli["elbo"] = elbo  # the demo trains both objectives from one set of options
-    run_config = {"model": args.model, "model_config": config, "data_dim": dataset.data_dim,
-                  "image_shape": dataset.image_shape, "cli": cli}
+    vae, pair = build_pair(args, dataset)
+    vae = vae.to(device)
+    run_config = {**pair, "data_dim": dataset.data_dim, "image_shape": dataset.image_shape, "cli": cli}
     folder = RunFolder(out, overwrite=args.overwrite, resume=getattr(args, "resume", None) is not None,
                        checkpoint_every=getattr(args, "checkpoint_every", 0))
     result = train(
         vae.model, vae.guide, dataset, elbo=elbo, num_particles=args.num_particles, labels=vae.needs_labels,
         schedule=KLSchedule(warmup_steps=args.kl_warmup, free_bits=args.free_bits),
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-        out=folder, config=run_config, progress=not args.no_progress,
+        out=folder, config=run_config, progress=not args.no_progress, module=getattr(vae, "module", None),
         nonfinite_backoff=getattr(args, "nonfinite_backoff", None), jit=args.jit, compile=args.compile,
     )
     return vae, result
+
+
+def build_pair(args, dataset) -> tuple:
+    """The pair the options name, seeded by ``--seed`` alone: a shipped ``--model`` or a ``--pair``
+    factory; returns ``(vae, record)`` where ``record`` says in config.json how to rebuild it."""
+    if getattr(args, "pair", None) is None:
+        config = model_config(args, dataset)
+        pyro.set_rng_seed(args.seed)
+        return build_model(args.model, dataset.data_dim, **config), {"model": args.model, "model_config": config}
+    shipped = {"model": "mlp", "num_flows": None, "stochastic_layers": None, "beta": 1.0}
+    clash = [k for k, default in shipped.items() if getattr(args, k, default) != default]
+    if clash:
+        raise ValueError(f"--pair builds your own pair: drop {', '.join('--' + k.replace('_', '-') for k in clash)} "
+                         "(options of the shipped pairs; --latent-dim and --hidden-dim go to the factory)")
+    options = {k: getattr(args, k) for k in ("latent_dim", "hidden_dim") if getattr(args, k, None) is not None}
+    facts = data_facts(dataset)
+    pyro.set_rng_seed(args.seed)
+    return build_from_factory(args.pair, facts, options), {"pair": args.pair, "pair_facts": facts,
+                                                           "pair_options": options}
 
 
 def resume_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
@@ -101,7 +124,8 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         args = resume_args(args, parser)
     device = resolve_device(args.device)
     dataset = load_data(args, device, args.dataset)
-    out = args.out or f"runs/{args.dataset}-{args.model}-{args.elbo}-seed{args.seed}"
+    model = args.model if args.pair is None else args.pair.rpartition(":")[2]
+    out = args.out or f"runs/{args.dataset}-{model}-{args.elbo}-seed{args.seed}"
     vae, result = train_from_args(args, dataset, device, args.elbo, out)
     if is_main():
         print(f"run folder: {result.out}")

@@ -22,7 +22,7 @@ The files are found (or downloaded) by :mod:`pyro_vae.data.files` and read by
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,10 @@ class Dataset:
         binarize: whether ``train`` holds grey levels to be dynamically binarized.
         train_labels, test_labels, valid_labels: ``(N,)`` int64 class labels, where the data
             set has them.
+        train_named, test_named, valid_named: named per-datapoint tensors of each split (``{"y":
+            (N,) labels, "mask": (N, D) ...}``, each with one row per datapoint of the split):
+            :func:`pyro_vae.train` passes them to the pair by keyword (``model(x, y=None)``),
+            sliced with ``x``. Every split present must carry the same names.
     """
 
     name: str
@@ -63,6 +67,28 @@ class Dataset:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     valid_labels: torch.Tensor | None = None
+    train_named: dict[str, torch.Tensor] = field(default_factory=dict)
+    test_named: dict[str, torch.Tensor] = field(default_factory=dict)
+    valid_named: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for split in ("train", "test", "valid"):
+            x, named = getattr(self, split), getattr(self, f"{split}_named")
+            if x is None:
+                continue
+            if set(named) != set(self.train_named):
+                raise ValueError(f"{split}_named carries {sorted(named)} but train_named carries "
+                                 f"{sorted(self.train_named)}: every split needs the same named arguments")
+            for name, value in named.items():
+                if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]:
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise ValueError(f"{split}_named[{name!r}] must be a tensor with one row per datapoint "
+                                     f"({x.shape[0]}), got {shape}")
+
+    def named(self, split: str, index=slice(None)) -> dict[str, torch.Tensor]:
+        """The named per-datapoint tensors of ``split`` (``"train"``, ``"test"``, ``"valid"``), cut by
+        ``index`` (a slice or an index tensor on the data's device)."""
+        return {name: value[index] for name, value in getattr(self, f"{split}_named").items()}
 
     @property
     def data_dim(self) -> int:
@@ -88,7 +114,9 @@ class Dataset:
     def to(self, device: torch.device | str) -> Dataset:
         """A copy of the data set with every tensor moved to ``device``."""
         moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()
+            k: (v.to(device) if isinstance(v, torch.Tensor) else
+                {n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v)
+            for k, v in vars(self).items()
         }
         return Dataset(**moved)
 
@@ -102,9 +130,11 @@ class Dataset:
         if num_train is not None:
             ds.train = self.train[:num_train]
             ds.train_labels = None if self.train_labels is None else self.train_labels[:num_train]
+            ds.train_named = self.named("train", slice(num_train))
         if num_test is not None:
             ds.test = self.test[:num_test]
             ds.test_labels = None if self.test_labels is None else self.test_labels[:num_test]
+            ds.test_named = self.named("test", slice(num_test))
         return ds
 
 

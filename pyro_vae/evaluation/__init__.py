@@ -10,6 +10,12 @@ tightens to ``log p(x_n)`` as ``K`` grows (``K = 5000`` is the literature's stan
 same samples, the IWAE bounds for smaller ``k`` are the means over ``K // k`` disjoint groups of
 ``k`` samples; ``k = 1`` is the ELBO.
 
+Discrete guide sites marked for parallel enumeration (``@config_enumerate``) are summed, not
+sampled: each weight is ``sum_y p(x_n, y, z_ky) / q(z_ky | x_n, y)``, so ``q(y | x)`` drops out and
+the estimate stays unbiased for ``p(x_n)`` however overconfident the classifier (sampling ``y``
+from such a ``q(y | x)`` is biased low in ``log p̂``); the ELBO (:func:`evaluate_elbo`) takes
+the exact expectation over ``q(y | x)``, as ``TraceEnum_ELBO`` does.
+
 Particles are drawn in chunks and accumulated with a streaming logsumexp in float64, so memory
 stays bounded whatever ``K`` and the data size.
 

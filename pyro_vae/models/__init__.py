@@ -14,6 +14,9 @@ conditional   :class:`ConditionalVAE`, labels as an extra argument
 iaf           :class:`FlowVAE`, inverse autoregressive flow guide
 ============  ===================================================================
 
+A pair of your own can be built by a factory (``pyro-vae train --pair package.module:make_pair``),
+recorded in the run folder: see :mod:`pyro_vae.models.external`.
+
 Every pair takes ``beta`` (beta-VAE: the latent sites scaled in model and guide). The pairs with
 one latent site ``z`` (all but ``hierarchical``) share their model and guide through
 :class:`SingleLatentVAE`; each builds its own nets.

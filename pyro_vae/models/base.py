@@ -30,6 +30,8 @@ pair once on a small batch and names the first violated rule.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 
 import pyro.distributions as dist
 import torch
@@ -59,6 +61,24 @@ class PairModule(nn.Module):
 
     description = ""
     needs_labels = False
+
+    def __init_subclass__(cls, **kwargs):
+        """Make each subclass remember the arguments it was built with (``_build_args``, all
+        defaults applied), so that a run folder can record how to rebuild it."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            if type(self) is cls:
+                bound = inspect.signature(init).bind(self, *args, **kw)
+                bound.apply_defaults()
+                self.__dict__["_build_args"] = dict(list(bound.arguments.items())[1:])
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
 
     def __init__(self, data_dim: int, latent_dim: int, likelihood: str = "bernoulli", beta: float = 1.0):
         super().__init__()

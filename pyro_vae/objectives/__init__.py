@@ -11,6 +11,8 @@ trace      :class:`Trace_ELBO`           Monte Carlo KL: log p(x,z) - log q(z|x)
 meanfield  :class:`TraceMeanField_ELBO`  trace's, with the analytic KL(q || p) of each latent
                                          site where it is a term of the ELBO (*)
 iwae       :class:`IWAE_ELBO`            log (1/K) sum_k w_k  (Burda et al. 2015)
+enum       :class:`TraceEnum_ELBO`       trace's, with enumerated discrete guide sites
+                                         summed out exactly (Pyro's TraceEnum_ELBO)
 =========  ============================  ==============================================
 
 ``Trace_ELBO`` here is Pyro's class (a subclass, same estimator, same gradients) whose loss stays a
@@ -45,21 +47,23 @@ module         contents
 ``trace``      :class:`Trace_ELBO`
 ``meanfield``  :class:`TraceMeanField_ELBO`
 ``iwae``       :class:`IWAE_ELBO`
+``enum``       :class:`TraceEnum_ELBO`
 ``free_bits``  :class:`FreeBitsELBO`
 ``scaling``    :func:`scale_latents`
 ``jit``        :class:`JitELBO`
-``registry``   :data:`ELBO_NAMES`, :func:`get_elbo`
+``registry``   :data:`ELBO_NAMES`, :func:`get_elbo` (names or ELBO objects), :func:`elbo_label`
 =============  =============================================================================
 
 Pyro's private names are reached through :mod:`pyro_vae.pyro_internals` only.
 """
 
 from .base import LossFromDifferentiableLoss, ValueFromDifferentiableLoss
+from .enum import TraceEnum_ELBO
 from .free_bits import FreeBitsELBO
 from .iwae import IWAE_ELBO
 from .jit import JitELBO
 from .meanfield import TraceMeanField_ELBO
-from .registry import ELBO_NAMES, get_elbo
+from .registry import ELBO_NAMES, elbo_label, get_elbo
 from .scaling import scale_latents
 from .trace import Trace_ELBO
 
@@ -69,9 +73,11 @@ __all__ = [
     "FreeBitsELBO",
     "JitELBO",
     "LossFromDifferentiableLoss",
+    "TraceEnum_ELBO",
     "TraceMeanField_ELBO",
     "Trace_ELBO",
     "ValueFromDifferentiableLoss",
+    "elbo_label",
     "get_elbo",
     "scale_latents",
 ]

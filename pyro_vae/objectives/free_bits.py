@@ -67,6 +67,8 @@ class FreeBitsELBO(LossFromDifferentiableLoss):
         max_plate_nesting: the pair's plate depth (unused by the estimator itself).
     """
 
+    checker_rules = "meanfield"  # what check_model_guide(..., elbo=<this object>) checks
+
     def __init__(self, free_bits: float, num_particles: int = 1, max_plate_nesting: float = float("inf")):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
         if not free_bits >= 0:

@@ -41,6 +41,8 @@ class IWAE_ELBO(LossFromDifferentiableLoss):
         max_plate_nesting: the pair's plate depth; ``None`` guesses it at the first call.
     """
 
+    checker_rules = "iwae"  # what check_model_guide(..., elbo=<this object>) checks
+
     def __init__(self, num_particles: int = 5, data_plate: str = "data", max_plate_nesting: int | None = None):
         super().__init__(num_particles=num_particles, vectorize_particles=True)
         self.data_plate = data_plate

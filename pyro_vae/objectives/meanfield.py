@@ -56,6 +56,8 @@ class TraceMeanField_ELBO(Trace_ELBO):
     References: Kingma & Welling 2014 (eq. 10); Pyro's ``TraceMeanField_ELBO`` and ``Trace_ELBO``.
     """
 
+    checker_rules = "meanfield"  # what check_model_guide(..., elbo=<this object>) checks
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.structures = StructureCache()

@@ -1,42 +1,58 @@
 """The objectives by name: :data:`ELBO_NAMES` and :func:`get_elbo`, which the trainer and the
-command line use to build an objective from its settings.
+command line use to build an objective from its settings (a name, or an ELBO object a user built).
 """
 
 from __future__ import annotations
 
+import copy
+
+import math
+
+import pyro.infer
 from pyro.infer import ELBO
 
 from ..names import unknown_name
+from .enum import TraceEnum_ELBO
 from .free_bits import FreeBitsELBO
 from .iwae import IWAE_ELBO
 from .jit import JitELBO
 from .meanfield import TraceMeanField_ELBO
 from .trace import Trace_ELBO
 
-__all__ = ["ELBO_NAMES", "get_elbo"]
+__all__ = ["ELBO_NAMES", "elbo_label", "from_object", "get_elbo"]
 
-ELBO_NAMES = ("trace", "meanfield", "iwae")
+ELBO_NAMES = ("trace", "meanfield", "iwae", "enum")
 
 
-def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
+def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
              jit: bool = False) -> ELBO:
-    """The objective called ``name`` (see :data:`ELBO_NAMES`) with ``num_particles`` samples.
+    """The objective called ``name`` (see :data:`ELBO_NAMES`) with ``num_particles`` samples, or the
+    objective an ELBO object computes (:func:`from_object`; it carries its own settings).
 
     ``max_plate_nesting``: the pair's plate depth (see
     :func:`~pyro_vae.importance.guess_max_plate_nesting`); ``None`` lets the objective guess it
     at its first call, which runs model and guide once more and so draws from the RNGs.
 
     Particles are vectorized. For ``trace`` and ``meanfield`` the ``K`` particles are averaged
-    (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound.
+    (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound. ``enum`` is
+    ``trace`` with the guide sites marked for parallel enumeration (``@config_enumerate``) summed
+    out exactly (:class:`TraceEnum_ELBO`).
     ``free_bits > 0`` (nats per latent dimension) gives :class:`FreeBitsELBO`, for ``meanfield``
     only (it needs the per-dimension analytic KL; pairs for which that KL is not a term of the
     ELBO are refused at their first call, and by ``check_model_guide(..., free_bits=...)``). ``jit=True`` wraps the objective in
     :class:`JitELBO` (static pairs only; give ``max_plate_nesting``).
 
     Raises:
-        ValueError: an unknown name, ``num_particles < 1``, or free bits with another objective
-            than ``meanfield``.
+        ValueError: an unknown name, ``num_particles < 1``, free bits with another objective
+            than ``meanfield``, or ``jit`` with ``enum``.
+        TypeError: ``name`` is neither a name nor a ``pyro.infer.ELBO``, or an object that
+            pyro-vae cannot train with (see :func:`from_object`).
     """
+    if not isinstance(name, str):
+        return from_object(name, num_particles, free_bits, max_plate_nesting, jit)
+    if jit and name == "enum":
+        raise ValueError("jit=True with elbo 'enum': torch.jit.trace cannot record TraceEnum_ELBO on this torch "
+                         "(Pyro's JitTraceEnum_ELBO fails the same way, Pyro issue #3338); train it with jit=False")
     if jit:
         return JitELBO(get_elbo(name, num_particles, free_bits, max_plate_nesting))
     if num_particles < 1:
@@ -52,4 +68,65 @@ def get_elbo(name: str, num_particles: int = 1, free_bits: float = 0.0, max_plat
         return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "iwae":
         return IWAE_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+    if name == "enum":
+        return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     raise unknown_name("ELBO", name, ELBO_NAMES)
+
+
+def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
+                jit: bool = False) -> ELBO:
+    """The objective to train with for an ELBO object ``elbo``: the object itself (its
+    ``differentiable_loss`` is what the trainer steps with), except Pyro's ``RenyiELBO(alpha=0)``,
+    which becomes :class:`IWAE_ELBO` with its particles (the same bound, scaled after the
+    logsumexp, and with a ``differentiable_loss``, which Pyro's class lacks). A
+    ``max_plate_nesting`` fills an object's unset (infinite) one, so that it does not guess.
+
+    Raises:
+        TypeError: not a ``pyro.infer.ELBO``; an ELBO without ``differentiable_loss``
+            (``TraceGraph_ELBO``, ``RenyiELBO`` with ``alpha != 0``, ...); ``jit`` with Pyro's
+            own ``Trace_ELBO`` family (their loss value goes through ``.item()``, which a trace
+            freezes) or with ``TraceEnum_ELBO``.
+        ValueError: ``num_particles`` or ``free_bits`` given besides an object that carries its own.
+    """
+    if not isinstance(elbo, ELBO):
+        raise TypeError(f"elbo must be a name in {ELBO_NAMES} or a pyro.infer.ELBO instance, not "
+                        f"{type(elbo).__name__} ({elbo!r})")
+    label = f"{type(elbo).__module__}.{type(elbo).__qualname__}"
+    if num_particles != 1 and num_particles != elbo.num_particles or free_bits:
+        raise ValueError(f"{label} carries its own settings: give num_particles (and free bits, as "
+                         f"FreeBitsELBO(...)) to its constructor, not to get_elbo/train")
+    if isinstance(elbo, pyro.infer.RenyiELBO):
+        if elbo.alpha != 0:
+            raise TypeError(f"{label}(alpha={elbo.alpha}) has no differentiable_loss, which pyro-vae's trainer "
+                            f"steps with; pyro-vae computes alpha=0 (the IWAE bound) as IWAE_ELBO: use "
+                            f"RenyiELBO(alpha=0, num_particles=K) or get_elbo(\"iwae\", K)")
+        elbo = IWAE_ELBO(num_particles=elbo.num_particles, max_plate_nesting=max_plate_nesting)
+    if not callable(getattr(elbo, "differentiable_loss", None)):
+        raise TypeError(f"{label} has no differentiable_loss, which pyro-vae's trainer steps with (it defines "
+                        f"only loss/loss_and_grads); use one of {ELBO_NAMES} or Trace_ELBO/TraceEnum_ELBO")
+    if max_plate_nesting is not None and getattr(elbo, "max_plate_nesting", None) == math.inf:
+        # on a copy: the user's object stays as given. Pyro's ELBO counts its vectorized particle plate
+        # in the attribute (ELBO.__init__ adds 1)
+        elbo = copy.copy(elbo)
+        elbo.max_plate_nesting = max_plate_nesting + int(elbo.vectorize_particles and elbo.num_particles > 1)
+    if jit and isinstance(elbo, pyro.infer.TraceEnum_ELBO):
+        raise TypeError(f"jit with {label}: torch.jit.trace cannot record TraceEnum_ELBO on this torch (Pyro's "
+                        f"JitTraceEnum_ELBO fails the same way, Pyro issue #3338); train it with jit=False")
+    return JitELBO(elbo) if jit else elbo
+
+
+def elbo_label(elbo: str | ELBO) -> str:
+    """How a run records its objective (``config.json``, progress bar, plot legends): a name as it
+    is; an object as its class path and settings, e.g.
+    ``"pyro.infer.trace_elbo.Trace_ELBO(num_particles=2, vectorize_particles=True)"``."""
+    if isinstance(elbo, str):
+        return elbo
+    settings = {"num_particles": elbo.num_particles, "vectorize_particles": elbo.vectorize_particles}
+    for name in ("alpha", "free_bits"):
+        if hasattr(elbo, name):
+            settings[name] = getattr(elbo, name)
+    if getattr(elbo, "max_plate_nesting", math.inf) != math.inf:
+        settings["max_plate_nesting"] = elbo.max_plate_nesting
+    inner = getattr(elbo, "elbo", None)
+    body = elbo_label(inner) if isinstance(inner, ELBO) else ", ".join(f"{k}={v!r}" for k, v in settings.items())
+    return f"{type(elbo).__module__}.{type(elbo).__qualname__}({body})"

@@ -6,7 +6,8 @@ module             what it holds
 ``step``           the SVI step: loss, gradients, finiteness check, one optimizer update
 ``state``          the run state: position in the run, RNG states, what a checkpoint holds
 ``checkpoint``     the checkpoint file: written atomically, loaded without running code
-``run_folder``     the run folder: config.json, metrics.jsonl, checkpoints, pictures; load_run
+``run_folder``     the run folder: config.json, metrics.jsonl, checkpoints; load_run
+``pictures``       a finished run's pictures, drawn from whatever the model observes
 ``signals``        SIGINT/SIGTERM as a flag; :class:`TrainingInterrupted`
 ``logger``         progress bars, epoch lines, TensorBoard
 ``schedule``       KL warm-up and free bits (:class:`KLSchedule`)

@@ -12,6 +12,7 @@ Reported numbers are per datapoint, in nats, as ELBOs (higher is better):
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pyro
@@ -22,7 +23,10 @@ from .. import distributed
 from ..check import check_model_guide
 from ..data import Dataset
 from ..importance import guess_max_plate_nesting
-from ..objectives import get_elbo
+from ..models import MODELS
+from ..models.external import data_facts, shipped_record
+from ..check.objective_rules import rules_of
+from ..objectives import elbo_label, get_elbo
 from ..optim import make_optimizer
 from .run_folder import RunFolder
 from .schedule import KLSchedule
@@ -39,7 +43,7 @@ def train(
     guide,
     data: Dataset | torch.Tensor,
     *,
-    elbo: str = "trace",
+    elbo: str | pyro.infer.ELBO = "trace",
     num_particles: int = 1,
     labels: bool = False,
     schedule: KLSchedule | None = None,
@@ -58,6 +62,7 @@ def train(
     module: torch.nn.Module | None = None,
     jit: bool = False,
     compile: bool | str = False,
+    data_plate: str = "data",
 ) -> TrainResult:
     """Train a model/guide pair with SVI.
 
@@ -66,8 +71,15 @@ def train(
             on the same device as ``data``; called as ``fn(x_batch)`` (``fn(x_batch, y_batch)``
             with ``labels``). :func:`~pyro_vae.check_model_guide` checks it before the first step.
         data: a :class:`~pyro_vae.data.Dataset` (train/test/validation splits, dynamic
-            binarization) or an ``(N, ...)`` tensor of training data (no test ELBO then).
-        elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO) or ``iwae``.
+            binarization) or an ``(N, ...)`` tensor of training data (no test ELBO then). The
+            data set's named per-datapoint tensors (``train_named``, ``test_named``, ...: labels
+            ``y``, masks, conditioning inputs) are passed to model and guide by keyword, sliced
+            with each minibatch (``model(x, y=y_batch)``); both must take each name (else a
+            ``ValueError`` before any step). Not with ``jit`` or ``compile``.
+        elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO), ``iwae`` or ``enum``
+            (TraceEnum_ELBO, for enumerated discrete latents); or a ``pyro.infer.ELBO`` instance
+            (see :func:`~pyro_vae.objectives.get_elbo`), recorded in ``config.json`` by its class
+            path and settings.
         num_particles: samples per datapoint per step (averaged, or ``K`` for ``iwae``).
         labels: pass each batch's class labels (``data.train_labels``) as the second argument,
             for conditional pairs; the test ELBO uses ``data.test_labels``.
@@ -91,7 +103,11 @@ def train(
             whose loss or gradient is not finite; a factor in (0, 1) instead skips that step,
             multiplies the learning rate by the factor and goes on (at most
             :data:`~pyro_vae.training.trainer.MAX_BACKOFFS` times). The bad step is never applied.
-        config: extra entries for ``config.json`` (e.g. how to rebuild the model).
+        config: extra entries for ``config.json``. How to rebuild the pair is recorded there for
+            ``pyro-vae evaluate|latent`` when it is known: a shipped pair (built by its class or
+            :func:`~pyro_vae.build_model`) is recorded by itself; for another pair give
+            ``config={"pair": "package.module:make_pair"}``, a factory as for ``pyro-vae train
+            --pair`` (see :mod:`pyro_vae.models.external`).
         eval_batch_size: datapoints per batch when evaluating the test/validation ELBO.
         log_interval: steps between updates of the progress bar's loss (one host sync each).
         progress: show a progress bar.
@@ -107,6 +123,9 @@ def train(
             staying eager; a pair with parameters no called network holds is refused; ``True`` or a ``torch.compile`` mode
             (``"reduce-overhead"`` uses CUDA graphs, ``"max-autotune"``). Needs a C++ compiler on
             the CPU (Triton on CUDA). Same parameter names, so checkpoints are unchanged.
+        data_plate: the name of the pair's plate over datapoints (``pyro.plate(data_plate, batch)``),
+            as for :func:`~pyro_vae.check_model_guide` and :func:`~pyro_vae.estimate_log_likelihood`:
+            the checker, the ``iwae`` objective and the test/validation ELBO use it.
 
     Returns:
         :class:`~pyro_vae.training.TrainResult` with the per-epoch history (earlier epochs
@@ -125,9 +144,11 @@ def train(
     if isinstance(data, torch.Tensor):
         data = Dataset(name="tensor", train=data, test=None, image_shape=None, likelihood=None)
     schedule, folder = schedule or KLSchedule(), RunFolder.of(out)
-    options = TrainerOptions(elbo=elbo, batch_size=batch_size, epochs=epochs, labels=labels, seed=seed,
+    label = elbo_label(elbo)  # a name, or an ELBO object's class path and settings (config.json, progress)
+    options = TrainerOptions(elbo=label, batch_size=batch_size, epochs=epochs, labels=labels, seed=seed,
                              nonfinite_backoff=nonfinite_backoff, eval_batch_size=eval_batch_size,
-                             log_interval=log_interval, progress=progress, jit=jit, compile=compile)
+                             log_interval=log_interval, progress=progress, jit=jit, compile=compile,
+                             data_plate=data_plate)
     _check_settings(data, options, elbo, schedule, folder)
     get_elbo(elbo, num_particles, schedule.free_bits)  # bad names and settings fail before anything runs
     if isinstance(optimizer, pyro.optim.PyroOptim):
@@ -136,11 +157,15 @@ def train(
         optim = make_optimizer(optimizer, lr)
     if clear_params:
         pyro.clear_param_store()
-    max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels, schedule.free_bits)
+    max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels, schedule.free_bits, data_plate)
     objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, jit=jit)
+    if isinstance(elbo, str):  # an ELBO object given by the user keeps its own settings
+        objective = _with_data_plate(objective, data_plate)
     module = owner_module(model, guide, module)
     networks = compile_targets(module, model, guide, *example) if compile else []
-    settings = _settings(data, options, elbo, num_particles, schedule, optimizer, lr, folder)
+    if not isinstance(elbo, str):
+        num_particles = elbo.num_particles
+    settings = _settings(data, options, label, num_particles, schedule, optimizer, lr, folder)
     saved = None
     if folder is not None and folder.resume:
         saved = folder.load_for_resume(model, guide, data, labels, settings)
@@ -148,12 +173,12 @@ def train(
             raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
                              "more (epochs=N, --epochs N) to continue it")
     trainer = Trainer(model, guide, data, objective, optim, options, folder=folder,
-                      config={**(config or {}), **settings}, module=module, networks=networks,
-                      checkpoint=saved, schedule=schedule)
+                      config={**pair_record(module, data, config), **(config or {}), **settings}, module=module,
+                      networks=networks, checkpoint=saved, schedule=schedule)
     return trainer.fit()
 
 
-def _check_settings(data: Dataset, options: TrainerOptions, elbo: str, schedule: KLSchedule,
+def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSchedule,
                     folder: RunFolder | None) -> None:
     """Refuse bad sizes and combinations before anything runs, naming the setting."""
     num_train, batch_size, world = data.train.shape[0], options.batch_size, distributed.world_size()
@@ -165,26 +190,49 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo: str, schedule:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes {world}")
     if options.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {options.epochs}")
-    schedule.check(elbo, options.jit)
+    schedule.check(rules_of(elbo).name, options.jit)
     backoff = options.nonfinite_backoff
     if backoff is not None and not 0 < backoff < 1:
         raise ValueError(f"nonfinite_backoff must be a factor in (0, 1), got {backoff}")
+    if data.train_named and (options.jit or options.compile):
+        raise ValueError(f"named per-datapoint arguments ({', '.join(data.train_named)}) do not go with jit or "
+                         "compile yet: train without them")
     if folder is not None:
         folder.check_resumable()
 
 
-def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool, free_bits: float) -> tuple[int, tuple]:
+def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool, free_bits: float,
+                data_plate: str) -> tuple[int, tuple]:
     """Run :func:`check_model_guide` on training data without touching the RNG streams; returns
     the pair's max plate nesting (so that the objective does not draw from the RNGs to guess it)
     and a two-point example input ``(x, *args)``."""
     if labels and data.train_labels is None:
         raise ValueError(f"labels=True but the data set {data.name!r} has no labels")
+    _check_named(model, guide, data)
     with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
         x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
-        args = (data.train_labels[: len(x)],) if labels else ()
-        check_model_guide(model, guide, x, *args, elbo=elbo, free_bits=free_bits)
+        args, named = (data.train_labels[: len(x)],) if labels else (), data.named("train", slice(len(x)))
+        check_model_guide(model, guide, x, *args, elbo=elbo, free_bits=free_bits, data_plate=data_plate, **named)
         example = (x[:2], *(a[:2] for a in args))
-        return guess_max_plate_nesting(model, guide, *example), example
+        return guess_max_plate_nesting(model, guide, *example, **data.named("train", slice(2))), example
+
+
+RESERVED_NAMES = ("elbo", "free_bits", "batch_size", "data_plate", "bound_ks", "particle_chunk_size", "diagnostics",
+                  "seed", "progress", "distributed")
+"""Keywords of the checker and the estimators: not names for per-datapoint arguments."""
+
+
+def _check_named(model, guide, data: Dataset) -> None:
+    """Refuse, before any step, a named per-datapoint argument that model or guide does not take."""
+    for name in data.train_named:
+        if name in RESERVED_NAMES:
+            raise ValueError(f"the named argument {name!r} clashes with a keyword of the checker or the estimators "
+                             f"({', '.join(RESERVED_NAMES)}): rename it")
+        for role, fn in (("model", model), ("guide", guide)):
+            params = inspect.signature(fn).parameters
+            if name not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise ValueError(f"the data set carries the named argument {name!r} but the {role} does not take "
+                                 f"it: declare it, e.g. def {role}(x, {name}=None), or drop it from the data set")
 
 
 def _settings(data: Dataset, options: TrainerOptions, elbo: str, num_particles: int, schedule: KLSchedule,
@@ -198,4 +246,26 @@ def _settings(data: Dataset, options: TrainerOptions, elbo: str, num_particles: 
         num_valid=None if data.valid is None else data.valid.shape[0],
         checkpoint_every=folder.checkpoint_every if folder is not None else 0, device=str(data.device),
         world_size=distributed.world_size(), jit=options.jit, compile=options.compile,
+        named_arguments=sorted(data.train_named),
+        data_plate=options.data_plate, binarize=data.binarize, likelihood=data.likelihood,
+        image_shape=None if data.image_shape is None else list(data.image_shape),
     )
+
+
+def _with_data_plate(objective, data_plate: str):
+    """``objective`` told the name of the data plate, where it uses one (``iwae``, also inside
+    ``JitELBO``); the other objectives do not need it."""
+    inner = getattr(objective, "elbo", objective)
+    if hasattr(inner, "data_plate"):
+        inner.data_plate = data_plate
+    return objective
+
+
+def pair_record(module, data: Dataset, config: dict | None) -> dict:
+    """What ``config.json`` needs for :func:`~pyro_vae.training.load_run` to rebuild the pair:
+    a shipped pair's family and options, or nothing (``config`` may name a ``pair`` factory)."""
+    if config and "pair" in config:
+        return {"data_dim": data.data_dim, "pair_facts": data_facts(data)}
+    if config and "model_config" in config:
+        return {"data_dim": data.data_dim}
+    return shipped_record(module, MODELS) or {"data_dim": data.data_dim}

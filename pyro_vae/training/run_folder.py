@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..data import Dataset, binarize_for, load_dataset
-from ..generate import reconstruct, sample_prior
+from ..data import DATASETS, Dataset, binarize_for, load_dataset
 from ..models import build_model
-from ..plots import plot_elbo_curves, save_image_grid
+from ..models.external import build_from_factory
 from .checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["RUN_FILES", "SETTINGS_FIXED_ON_RESUME", "RunFolder", "load_run"]
+__all__ = ["RUN_FILES", "SETTINGS_FIXED_ON_RESUME", "RunFolder", "load_run", "rebuild_pair"]
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
 """Files every run folder gets (plus ``best.pt`` with a validation set, and PNGs for images)."""
@@ -124,8 +123,9 @@ class RunFolder:
         if data.binarize:
             x = torch.bernoulli(x.clamp(0, 1), generator=torch.Generator(device=x.device).manual_seed(0))
         args = (((data.test_labels if data.test is not None else data.train_labels)[:2]),) if labels else ()
+        named = data.named("test" if data.test is not None else "train", slice(2))
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            state = load_checkpoint(self.checkpoint, model, guide, x, *args)
+            state = load_checkpoint(self.checkpoint, model, guide, x, *args, **named)
         if "position" not in state:
             raise CheckpointError(f"{self.checkpoint} holds parameters only (written by an older pyro-vae or by "
                                   "save_checkpoint directly): it cannot be resumed exactly")
@@ -137,27 +137,13 @@ class RunFolder:
                                   f"({'; '.join(changed)})")
         return state
 
-    def write_pictures(self, model, guide, data: Dataset, result, label: str, batch_size: int, labels: bool) -> None:
-        """``elbo.png`` and, for image data, ``samples.png`` (decoder means for z ~ p(z)) and
-        ``reconstructions.png`` (test images beside their reconstructions, z ~ q(z|x))."""
-        plot_elbo_curves({label: result}, self.path / "elbo.png", batch_size, title=data.name)
-        if data.image_shape is None:
-            return
-        x = (data.test if data.test is not None else data.train)[:50]
-        args = ((data.test_labels if data.test is not None else data.train_labels)[:50],) if labels else ()
-        if data.test is None and data.binarize:
-            x = torch.bernoulli(x)
-        save_image_grid(sample_prior(model, x, *args), data.image_shape, self.path / "samples.png",
-                        title="samples: decoder mean for z ~ p(z)" + (" (labels of the test images)" if labels else ""))
-        n = min(30, len(x))
-        recon_args = tuple(a[:n] for a in args)
-        pairs = torch.stack([x[:n], reconstruct(model, guide, x[:n], *recon_args)], dim=1).reshape(2 * n, -1)
-        save_image_grid(pairs, data.image_shape, self.path / "reconstructions.png", ncols=10,
-                        title="test images (left) and reconstructions (right), z ~ q(z|x)")
-
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=None, download: bool = False):
-    """Rebuild a run trained by ``pyro-vae train``: the pair with its checkpoint's parameters.
+    """Rebuild a trained run: the pair with its checkpoint's parameters, and its data set.
+
+    Works for the runs of ``pyro-vae train`` (a shipped ``--model`` or a ``--pair`` factory) and
+    for those of :func:`pyro_vae.train` from Python with a shipped pair, or with
+    ``config={"pair": "package.module:make_pair"}``, on a named data set.
 
     Args:
         run_dir: the run folder (``config.json`` and ``checkpoint.pt``).
@@ -165,11 +151,14 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=N
         data_dir, download: where the data set's files are (see :func:`pyro_vae.load_dataset`).
 
     Returns:
-        ``(vae, dataset, config)``: the shipped pair (an ``nn.Module`` with ``model``/``guide``),
-        the run's :class:`~pyro_vae.data.Dataset` and its ``config.json`` as a dict.
+        ``(vae, dataset, config)``: the pair (a shipped ``nn.Module`` with ``model``/``guide``, or
+        an :class:`~pyro_vae.models.external.ExternalPair`), the run's
+        :class:`~pyro_vae.data.Dataset` and its ``config.json`` as a dict.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run folder.
+        ValueError: the run does not say how to rebuild its pair or reload its data (the message
+            says what to do instead).
         CheckpointError: the checkpoint is unreadable or does not match the pair.
     """
     run_dir = Path(run_dir)
@@ -177,13 +166,43 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=N
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {config_path} is missing")
     config = json.loads(config_path.read_text())
-    likelihood = config["model_config"].get("likelihood")
-    dataset = load_dataset(config["dataset"], data_dir, device=device, download=download,
-                           binarize=binarize_for(config["dataset"], likelihood))
-    vae = build_model(config["model"], config["data_dim"], **config["model_config"]).to(device)
+    vae = rebuild_pair(config, run_dir).to(device)
+    dataset = _run_dataset(config, run_dir, device, data_dir, download)
     labels = (dataset.test_labels[:2],) if vae.needs_labels else ()
     state = load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2], *labels)
     if state.get("finished") is False and distributed.is_main():
         print(f"note: {run_dir} is an unfinished run ({state['epoch']} of {config['epochs']} epochs done); "
               f"finish it with: pyro-vae train --resume {run_dir}", file=sys.stderr)
     return vae, dataset, config
+
+
+def rebuild_pair(config: dict, run_dir: Path | str = "the run"):
+    """The pair a run's ``config.json`` records (initial weights): a ``pair`` factory with its
+    ``pair_facts`` (and ``pair_options``), or a shipped ``model`` with its ``model_config``.
+
+    Raises:
+        ValueError: the config records neither (a run of :func:`pyro_vae.train` with a pair
+            pyro-vae cannot rebuild); the message says how to evaluate it instead.
+    """
+    if config.get("pair"):
+        pair = build_from_factory(config["pair"], config.get("pair_facts") or {"data_dim": config["data_dim"]},
+                                  config.get("pair_options"))
+        pair.needs_labels = bool(config.get("labels", pair.needs_labels))
+        return pair
+    if "model_config" in config and "model" in config:
+        return build_model(config["model"], config["data_dim"], **config["model_config"])
+    raise ValueError(
+        f"{run_dir} does not say how to rebuild its pair: it was written by train() from Python with a pair "
+        "pyro-vae cannot rebuild. Evaluate it from Python (load its checkpoint.pt with load_checkpoint, then "
+        "estimate_log_likelihood), or make it rebuildable: train(..., config={'pair': 'package.module:make_pair'}) "
+        "with a factory that returns the pair, or train it with pyro-vae train --pair package.module:make_pair")
+
+
+def _run_dataset(config: dict, run_dir: Path, device, data_dir, download: bool) -> Dataset:
+    """The named data set a run was trained on, binarized as it was."""
+    name = config.get("dataset")
+    if name not in DATASETS:
+        raise ValueError(f"{run_dir} was trained on data pyro-vae cannot reload (data set {name!r}, not one of "
+                         f"{', '.join(DATASETS)}): evaluate it from Python with estimate_log_likelihood")
+    likelihood = config.get("likelihood") or config.get("model_config", {}).get("likelihood")
+    return load_dataset(name, data_dir, device=device, download=download, binarize=binarize_for(name, likelihood))

@@ -41,17 +41,18 @@ class ELBOLoss(torch.nn.Module):
         super().__init__()
         self.module, self.objective, self.model, self.guide = module, objective, model, guide
 
-    def forward(self, x, *args):
-        return self.objective.differentiable_loss(self.model, self.guide, x, *args)
+    def forward(self, x, *args, **kwargs):
+        return self.objective.differentiable_loss(self.model, self.guide, x, *args, **kwargs)
 
 
-def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0) -> tuple[torch.Tensor, bool]:
+def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, **kwargs) -> tuple[torch.Tensor, bool]:
     """Loss and gradients on the minibatch ``x``, the optimizer step only if both are finite.
 
     Args:
         loss_fn: ``loss_fn(x, *args)`` returns the minibatch's loss (an :class:`ELBOLoss`).
         optim: a ``PyroOptim`` (called as ``optim(params)``).
-        x, args: the minibatch ``(batch, D)`` and its per-datapoint arguments (``(batch, ...)``).
+        x, args, kwargs: the minibatch ``(batch, D)`` and its per-datapoint arguments (``(batch, ...)``),
+            positional and named.
         grad_scale: multiplies the loss before ``backward`` (the number of processes under DDP,
             which averages gradients, so that the step follows the whole minibatch's gradient).
 
@@ -61,7 +62,7 @@ def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0) ->
         (one host sync; agreed across processes when distributed).
     """
     with pyro.poutine.trace(param_only=True) as capture:
-        loss = loss_fn(x, *args)
+        loss = loss_fn(x, *args, **kwargs)
         (loss * grad_scale if grad_scale != 1.0 else loss).backward()
     # one entry per tensor (a module registered under two names appears twice), as in Pyro's SVI
     params = list(dict.fromkeys(unconstrained_param(site["value"]) for site in capture.trace.nodes.values()))
@@ -83,7 +84,7 @@ RELAXED = ("RelaxedOneHotCategorical", "RelaxedBernoulli", "RelaxedOneHotCategor
 support in float32, where the density is not finite."""
 
 
-def explain_nonfinite(model, guide, x: torch.Tensor, *args) -> str:
+def explain_nonfinite(model, guide, x: torch.Tensor, *args, **kwargs) -> str:
     """Why a minibatch's loss or gradient may be non-finite: the first site of the pair whose
     log-density, or its gradient with respect to the parameters, is not finite on a rerun of guide
     and model on ``x`` (without touching the RNG streams or the parameters' gradients), with the
@@ -92,8 +93,8 @@ def explain_nonfinite(model, guide, x: torch.Tensor, *args) -> str:
     params = [p for _, p in pyro.get_param_store().named_parameters()]
     with torch.random.fork_rng(devices=cuda), torch.enable_grad(), pyro.poutine.block(), \
             pyro.validation_enabled(False):
-        guide_trace = pyro.poutine.trace(guide).get_trace(x, *args)
-        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(x, *args)
+        guide_trace = pyro.poutine.trace(guide).get_trace(x, *args, **kwargs)
+        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
         for role, trace in (("guide", guide_trace), ("model", model_trace)):
             for name, site in trace.nodes.items():
                 if site["type"] != "sample":

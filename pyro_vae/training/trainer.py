@@ -24,10 +24,11 @@ import torch
 
 from .. import distributed
 from ..data import Dataset
-from ..evaluation import evaluate_elbo
+from ..evaluation import estimate_log_likelihood, evaluate_elbo
 from ..optim import scale_learning_rate
 from .checkpoint import save_checkpoint
 from .logger import RunLogger, Stopwatch
+from .pictures import write_pictures
 from .run_folder import RunFolder
 from .schedule import KLSchedule
 from .signals import stop_on_signals
@@ -57,6 +58,7 @@ class TrainerOptions:
     progress: bool = True
     jit: bool = False
     compile: bool | str = False
+    data_plate: str = "data"
 
 
 class Trainer:
@@ -142,8 +144,9 @@ class Trainer:
                 self._train_epoch()
                 self._end_epoch()
         if self.writes:
-            self.folder.write_pictures(self.model, self.guide, self.data, self.state.result, self.options.elbo,
-                                       self.options.batch_size, self.options.labels)
+            for line in write_pictures(self.folder.path, self.model, self.guide, self.data, self.state.result,
+                                       self.options.elbo, self.options.batch_size, self.options.labels):
+                self.logger.message(line)
         self.logger.close()
         return self.state.result
 
@@ -180,10 +183,10 @@ class Trainer:
         points = index.shape[0]
         if self.world > 1:
             index = index.tensor_split(self.world)[self.rank]
-        args = (self.data.train_labels[index],) if self.options.labels else ()
-        loss, applied = svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world))
+        args, named = (self.data.train_labels[index],) if self.options.labels else (), self.data.named("train", index)
+        loss, applied = svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world), **named)
         if not applied:
-            self._on_nonfinite(loss, b, x_epoch[index], *args)
+            self._on_nonfinite(loss, b, x_epoch[index], *args, **named)
             pos.epoch_skipped += 1
         else:
             pos.epoch_total = pos.epoch_total + loss
@@ -244,9 +247,18 @@ class Trainer:
             x = getattr(self.data, split)
             if x is not None:
                 args = (getattr(self.data, f"{split}_labels"),) if options.labels else ()
-                metrics[f"{split}_elbo"], metrics[f"{split}_elbo_se"] = evaluate_elbo(
-                    self.model, self.guide, x, options.eval_batch_size, *args, distributed=True)
+                metrics[f"{split}_elbo"], metrics[f"{split}_elbo_se"] = self._evaluate(x, args, self.data.named(split))
         return metrics
+
+    def _evaluate(self, x: torch.Tensor, args: tuple, named: dict) -> tuple[float, float]:
+        """The one-sample ELBO of ``x`` per datapoint: mean and standard error (nats)."""
+        options = self.options
+        if options.data_plate == "data":
+            return evaluate_elbo(self.model, self.guide, x, options.eval_batch_size, *args, distributed=True, **named)
+        # evaluate_elbo's plate is "data": the same estimator (K = 1, no diagnostics, the global RNGs)
+        result = estimate_log_likelihood(self.model, self.guide, x, 1, options.eval_batch_size, *args, bound_ks=(),
+                                         diagnostics=False, data_plate=options.data_plate, distributed=True, **named)
+        return result.mean, result.stderr
 
     def _checkpoint(self, name: str = "checkpoint.pt"):
         """Save the current state (every process takes part; the main process writes)."""
@@ -257,7 +269,7 @@ class Trainer:
         return save_checkpoint(self.folder.path / name, self.optim, step=pos.step, epoch=pos.epoch,
                                **self.state.checkpoint_entries(rng_states, self.config, self.options.epochs))
 
-    def _on_nonfinite(self, loss: torch.Tensor, b: int, x: torch.Tensor, *args) -> None:
+    def _on_nonfinite(self, loss: torch.Tensor, b: int, x: torch.Tensor, *args, **named) -> None:
         """A step whose loss or gradient was not finite (and was not applied): stop, or back off.
         The message names the site whose log-density is not finite, when a rerun finds one."""
         pos, skipped, backoff = self.state.position, self.state.result.skipped_steps, self.options.nonfinite_backoff
@@ -266,7 +278,7 @@ class Trainer:
                 if self.folder is not None and self.folder.checkpoint.exists() else "")
         if backoff is None or len(skipped) >= MAX_BACKOFFS:
             why = "" if backoff is None else f" for the {MAX_BACKOFFS + 1}th time (nonfinite_backoff gives up)"
-            cause = explain_nonfinite(self.model, self.guide, x, *args)
+            cause = explain_nonfinite(self.model, self.guide, x, *args, **named)
             advice = (f"; {cause}" if "relaxed" in cause else
                       f"{'; ' + cause if cause else ''}. Lower the learning rate, or pass nonfinite_backoff "
                       "(--nonfinite-backoff) to skip such steps")
