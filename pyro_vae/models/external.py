@@ -38,7 +38,8 @@ class ExternalPair:
 
     Attributes:
         needs_labels: the module's ``needs_labels`` (labels passed after ``x``), else ``False``.
-        latent_dim: the module's ``latent_dim`` when it has one, else ``None``.
+
+    ``latent_dim`` is the module's ``latent_dim`` when it has one, else ``None``.
     """
 
     model: object
