@@ -19,6 +19,13 @@ estimator wins where, computed from the numbers) into ``--out``.
     python experiments/estimators.py --out results/estimators                  # full: GPU
     python experiments/estimators.py --num-train 10000 --epochs 5 --num-samples 1000 --num-eval 500
     python experiments/estimators.py --quick --out /tmp/est                    # seconds, for the tests
+
+Resumable: each (estimator, seed) trains into its own run folder under ``--runs-dir`` (default
+``runs/<name of --out>``), checkpointed every ``--checkpoint-every`` steps and every epoch; its
+final log p̂(x) (per datapoint) is kept in ``<run folder>/evaluation.json``. Rerunning the same
+command reloads finished runs and evaluations and continues unfinished ones; ``--time-limit
+SECONDS`` stops cleanly. Paired differences: every estimator's log p̂(x) minus Trace_ELBO's of the
+same seed, on the same test points, with the standard error of the per-datapoint differences.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import platform
 import statistics
 from pathlib import Path
@@ -41,6 +49,8 @@ import pyro_vae  # noqa: E402
 from pyro_vae.cli.args import add_experiment_args  # noqa: E402
 from pyro_vae.data import load_dataset  # noqa: E402
 from pyro_vae.objectives import get_elbo  # noqa: E402
+
+import _runs  # noqa: E402  (experiments/_runs.py)
 
 ESTIMATORS = {"trace": ("trace", 1), "meanfield": ("meanfield", 1), "iwae-5": ("iwae", 5), "iwae-50": ("iwae", 50)}
 
@@ -162,9 +172,64 @@ def summarize(finals, grads, args, machine) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_one(data, name: str, seed: int, initial: dict, folder: Path, args):
+    """Train (resume, or reload) one estimator and seed into ``folder`` and estimate log p̂(x)
+    (kept in ``folder/evaluation.json``); returns the final row and the pair."""
+    elbo, k = ESTIMATORS[name]
+    vae = pyro_vae.VAE(784, args.latent_dim, args.hidden_dim).to(args.device)
+    vae.load_state_dict(initial)
+    _runs.train_or_load(vae.model, vae.guide, data, folder, args.checkpoint_every, args.epochs, elbo=elbo,
+                        num_particles=k, lr=args.lr, seed=seed, progress=False, log_interval=10**9, jit=args.jit)
+    history = _runs.history(folder)
+    evaluation = folder / "evaluation.json"
+    if not evaluation.is_file():
+        n = min(args.num_eval, len(data.test))
+        estimate = pyro_vae.estimate_log_likelihood(vae.model, vae.guide, data.test[:n], args.num_samples, 100,
+                                                    seed=seed)
+        evaluation.write_text(json.dumps({"mean": estimate.mean, "se": estimate.stderr, "num_samples": args.num_samples,
+                                          "seconds": estimate.seconds,
+                                          "log_likelihood": estimate.log_likelihood.tolist()}))
+    saved = json.loads(evaluation.read_text())
+    final = {"estimator": name, "seed": seed, "epochs": args.epochs,
+             "train_seconds": sum(h["train_seconds"] for h in history), "test_elbo": history[-1]["test_elbo"],
+             "log_likelihood": saved["mean"],
+             "log_likelihood_se": saved["se"], "eval_seconds": saved["seconds"]}
+    return final, vae
+
+
+def paired_differences(runs_dir: Path, finals) -> list[dict]:
+    """Each estimator's per-datapoint log p̂(x) minus Trace_ELBO's (same seed, same test points):
+    mean and standard error of the differences."""
+    out = []
+    for f in finals:
+        if f["estimator"] == "trace":
+            continue
+        base = runs_dir / f"trace_seed{f['seed']}" / "evaluation.json"
+        if not base.is_file():
+            continue
+        a = json.loads((runs_dir / f"{f['estimator']}_seed{f['seed']}" / "evaluation.json").read_text())["log_likelihood"]
+        b = json.loads(base.read_text())["log_likelihood"]
+        diff = [x - y for x, y in zip(a, b)]
+        mean = statistics.mean(diff)
+        se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        out.append({"estimator": f["estimator"], "seed": f["seed"], "minus": "trace", "mean_difference": mean,
+                    "se": se, "num_points": len(diff)})
+    return out
+
+
+def paired_table(paired) -> str:
+    if not paired:
+        return ""
+    lines = ["", "Paired differences of log p̂(x) against Trace_ELBO (same seed, same test points; SE of the "
+             "per-datapoint differences):", "", "| estimator | seed | mean difference (nats) | SE |",
+             "|---|---:|---:|---:|"]
+    lines += [f"| {p['estimator']} | {p['seed']} | {p['mean_difference']:+.3f} | {p['se']:.3f} |" for p in paired]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (--quick: 0 1)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--num-train", type=int, default=None, help="first N training points (default: all)")
     p.add_argument("--num-test", type=int, default=None, help="first N test points for the test ELBO (default: all)")
@@ -176,40 +241,50 @@ def main(argv=None) -> None:
     p.add_argument("--num-eval", type=int, default=10000, help="test points for the final log p̂(x)")
     add_experiment_args(p, out="results/estimators", quick="500 training points, small net, 2 seeds, 1 epoch",
                         seed=False)
+    _runs.add_run_args(p, checkpoint_every=6000)
     args = p.parse_args(argv)
     if args.out.suffix == ".json":
         args.out = args.out.with_suffix("")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        args.seeds, args.epochs, args.num_train, args.hidden_dim, args.latent_dim = [0, 1], 1, 500, 50, 5
+        args.seeds = args.seeds or [0, 1]
+        args.epochs, args.num_train, args.hidden_dim, args.latent_dim = 1, 500, 50, 5
         args.num_test = 200
         args.grad_draws, args.num_samples, args.num_eval = 10, 20, 50
+    args.seeds = args.seeds or [0, 1, 2]
     data = load_dataset("mnist", args.data_dir, device=args.device).subset(args.num_train, args.num_test)
     x_grad = data.test[:100]
-    curves, grads, finals = [], [], []
+    runs_dir, deadline = _runs.runs_dir_for(args), _runs.Deadline(args.time_limit)
+    curves, grads, finals, status, stopped = [], [], [], [], None
     for seed in args.seeds:
         pyro.set_rng_seed(seed)
         initial = pyro_vae.VAE(784, args.latent_dim, args.hidden_dim).to(args.device).state_dict()
         trained_trace = None
         for name, (elbo, k) in ESTIMATORS.items():
-            vae = pyro_vae.VAE(784, args.latent_dim, args.hidden_dim).to(args.device)
-            vae.load_state_dict(initial)
-            result = pyro_vae.train(vae.model, vae.guide, data, elbo=elbo, num_particles=k, lr=args.lr, epochs=args.epochs,
-                                    seed=seed, progress=False, log_interval=10**9, jit=args.jit)
-            for h in result.history:
+            folder = runs_dir / f"{name}_seed{seed}"
+            if stopped is None and not deadline.passed():
+                try:
+                    with deadline.guard():
+                        final, vae = run_one(data, name, seed, initial, folder, args)
+                except (pyro_vae.TrainingInterrupted, _runs.DeadlineReached) as e:
+                    stopped = f"{folder.name}: {e}"
+            history = _runs.history(folder)
+            status.append({"estimator": name, "seed": seed, "epochs_done": len(history), "epochs": args.epochs,
+                           "finished": len(history) >= args.epochs and (folder / "evaluation.json").is_file(),
+                           "run_folder": str(folder)})
+            for h in history:
                 curves.append({"estimator": name, "seed": seed, "epoch": h["epoch"], "step": h["step"],
                                "seconds": h["total_train_seconds"], "test_elbo": h["test_elbo"],
                                "test_elbo_se": h["test_elbo_se"]})
-            n = min(args.num_eval, len(data.test))
-            estimate = pyro_vae.estimate_log_likelihood(vae.model, vae.guide, data.test[:n], args.num_samples, 100,
-                                                        seed=seed)
-            finals.append({"estimator": name, "seed": seed, "epochs": args.epochs,
-                           "train_seconds": result.train_seconds, "test_elbo": result.final["test_elbo"],
-                           "log_likelihood": estimate.mean, "log_likelihood_se": estimate.stderr})
-            print(f"seed {seed} {name}: test ELBO {result.final['test_elbo']:.2f}, log p̂(x) {estimate.mean:.2f} ± "
-                  f"{estimate.stderr:.2f}, {result.train_seconds:.0f} s", flush=True)
+            if not status[-1]["finished"]:
+                continue
+            finals.append(final)
+            print(f"seed {seed} {name}: test ELBO {final['test_elbo']:.2f}, log p̂(x) {final['log_likelihood']:.2f} ± "
+                  f"{final['log_likelihood_se']:.2f}, {final['train_seconds']:.0f} s", flush=True)
             if name == "trace":
                 trained_trace = {k_: v.clone() for k_, v in vae.state_dict().items()}
+        if stopped is not None or trained_trace is None:
+            break
         for checkpoint, state in (("initial", initial), ("trained", trained_trace)):
             probe = pyro_vae.VAE(784, args.latent_dim, args.hidden_dim).to(args.device)
             probe.load_state_dict(state)
@@ -217,16 +292,22 @@ def main(argv=None) -> None:
                 pyro.set_rng_seed(seed)
                 grads.append({"estimator": name, "seed": seed, "checkpoint": checkpoint,
                               **gradient_stats(probe, x_grad, name, args.grad_draws)})
+    paired = paired_differences(runs_dir, finals)
+    if stopped is not None or not finals or not grads:
+        (args.out / "status.json").write_text(json.dumps({"stopped": stopped, "runs": status}, indent=2))
+        print(f"stopped before the end ({stopped}); rerun the same command to continue", flush=True)
+        raise SystemExit(143)
+    (args.out / "status.json").write_text(json.dumps({"stopped": None, "runs": status}, indent=2))
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}"
     for rows, fname in ((curves, "curves.csv"), (grads, "gradients.csv"), (finals, "final.csv")):
         _write_csv(rows, args.out / fname)
     plot_curves(curves, "step", "SVI steps", args.out / "bound_vs_steps.png")
     plot_curves(curves, "seconds", "training seconds", args.out / "bound_vs_seconds.png")
     plot_snr(grads, args.out / "gradient_snr.png")
-    summary = summarize(finals, grads, args, machine)
+    summary = summarize(finals, grads, args, machine) + paired_table(paired)
     (args.out / "summary.md").write_text(summary)
     report = {"machine": machine, "torch": torch.__version__, "settings": {k: str(v) for k, v in vars(args).items()},
-              "final": finals, "gradients": grads, "curves": curves}
+              "final": finals, "paired": paired, "runs": status, "gradients": grads, "curves": curves}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(summary)
     print(f"wrote {args.out}/")

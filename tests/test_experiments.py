@@ -1,11 +1,15 @@
-"""Every script in experiments/ runs in its --quick mode; a script missing here fails the suite."""
+"""Every script in experiments/ runs in its --quick mode; a script missing here fails the suite.
+(Helper modules, ``experiments/_*.py``, are not scripts.)"""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pyro
 import pytest
+import torch
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -49,13 +53,73 @@ def check_estimators(report, folder):
         assert (folder / name).stat().st_size > 0, name
 
 
-def check_burda(report, folder):
+def handwritten_log_likelihood(vae, x, num_samples, generator):
+    """log p̂(x) = log (1/K) sum_k p(x, z_k) / q(z_k | x) for Burda's stochastic layers, written with
+    torch alone (no Pyro, no pyro_vae estimator): z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1}); the
+    prior N(0, I) on the top layer, p(z_l | z_{l+1}) below it, Bernoulli(logits) pixels."""
+    from torch.distributions import Normal
+
+    log_w = []
+    with torch.no_grad():
+        for _ in range(num_samples):
+            h, zs, log_q = x, [], 0.0
+            for encoder in vae.encoder:
+                loc, scale = encoder(h)
+                h = loc + scale * torch.randn(loc.shape, generator=generator)
+                log_q = log_q + Normal(loc, scale).log_prob(h).sum(-1)
+                zs.append(h)
+            log_p = Normal(0.0, 1.0).log_prob(zs[-1]).sum(-1)
+            for layer in reversed(range(len(zs) - 1)):
+                loc, scale = vae.decoder[layer](zs[layer + 1])
+                log_p = log_p + Normal(loc, scale).log_prob(zs[layer]).sum(-1)
+            logits = vae.decoder[-1](zs[0])
+            log_p = log_p - torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+            log_w.append((log_p - log_q).double())
+    return torch.logsumexp(torch.stack(log_w), 0) - math.log(num_samples)
+
+
+def check_burda(report, folder, data_root):
+    from pyro_vae.data import load_dataset
+    from pyro_vae.models import HierarchicalVAE
+    from pyro_vae.training.checkpoint import load_checkpoint
+
     rows = report["rows"]
     assert [(r["layers"], r["objective"], r["k"]) for r in rows] == [
         (layers, obj, k) for layers in (1, 2) for obj in ("VAE", "IWAE") for k in (1, 5)]
-    assert all(0 < r["nll"] < 600 and r["nll_se"] > 0 for r in rows)
+    assert all(r["finished"] and r["epochs"] == r["epochs_asked"] == 2 for r in rows)
     assert all(r["active_units"].count("+") == r["layers"] - 1 for r in rows)
-    assert "| 1 | VAE | 1 |" in (folder / "summary.md").read_text()
+    assert all(r["paper_nll"] is not None for r in rows)  # the paper's Table 1 has every cell, k = 5 included
+    for r in rows:  # from the same samples: log p̂_K >= IWAE_5 >= IWAE_1 (concavity of log), up to rounding
+        bounds = {int(k): mean for k, (mean, _) in r["iwae_bounds"].items()}
+        assert -r["nll"] >= bounds[5] - 1e-9 and bounds[5] >= bounds[1] - 1e-9
+    # The reference: each cell's trained weights (its last checkpoint) and an independent importance sampler
+    # written with torch alone, with as many samples (K = 20) on the same 50 test points. Both estimate
+    # E[log p̂_20(x)] per datapoint, so the mean of the per-datapoint differences must be 0 within its standard
+    # error; a wrong estimator (a missing -log K is 3.0 nats, the ELBO instead of log p̂ is 1-4 nats here) or
+    # wrong weights fail by many standard errors.
+    x = load_dataset("mnist", data_root, download=False).subset(num_train=500, num_test=50).test
+    generator = torch.Generator().manual_seed(1234)
+    for r in rows:
+        cell = folder / "runs" / f"L{r['layers']}_{r['objective']}_k{r['k']}"
+        ours = torch.tensor(json.loads((cell / "evaluation.json").read_text())["log_likelihood"], dtype=torch.float64)
+        pyro.clear_param_store()  # else the previous cell's parameters, stored under the same names, are reused
+        vae = HierarchicalVAE(784, stochastic_layers=r["layers"], latent_dim=5, hidden_dim=20)
+        load_checkpoint(cell / "stage1" / "checkpoint.pt", vae.model, vae.guide, x[:2])
+        reference = handwritten_log_likelihood(vae, x, r["num_samples"], generator)
+        diff = ours - reference
+        se = float(diff.std() / math.sqrt(len(diff)))
+        assert abs(r["nll"] + float(ours.mean())) < 1e-4  # the reported number is the per-datapoint mean
+        assert abs(float(diff.mean())) < 4 * se + 1e-3, (r, float(diff.mean()), se)
+
+
+def check_reproduce(report, folder):
+    plan = json.loads((folder / "plan.json").read_text())
+    assert {q["part"] for q in plan["parts"]} == {"aevb-mnist-1e8", "estimators", "burda-full"}
+    assert all(q["seconds"] > 0 and q["steps"] > 0 for q in plan["parts"])
+    assert [q["seconds"] for q in plan["parts"]] == sorted(q["seconds"] for q in plan["parts"])  # cheapest first
+    assert all(s["returncode"] == 0 for s in report) and len(report) == 3
+    for part in ("aevb-mnist-1e8", "estimators", "burda-full"):
+        assert (folder / part / "summary.md").stat().st_size > 0, part
 
 
 def check_benchmark(report):
@@ -81,11 +145,12 @@ QUICK_RUNS = {
     "aevb.py": (["--quick", "--device", "cpu"], check_aevb),
     "estimators.py": (["--quick", "--device", "cpu"], check_estimators),
     "burda_table1.py": (["--quick", "--device", "cpu", "--jit"], check_burda),
+    "reproduce.py": (["--quick", "--device", "cpu", "--jit"], check_reproduce),
 }
 
 
 def test_every_experiment_is_listed():
-    scripts = {p.name for p in EXPERIMENTS.glob("*.py")}
+    scripts = {p.name for p in EXPERIMENTS.glob("*.py") if not p.name.startswith("_")}
     assert scripts == set(QUICK_RUNS), f"add {scripts - set(QUICK_RUNS)} to QUICK_RUNS"
 
 
@@ -103,6 +168,46 @@ def test_experiment_quick(script, data_root, tmp_path):
         assert out.with_suffix(".md").read_text().startswith("# Benchmark")
     if out.is_file():  # scripts that write one JSON file
         check(json.loads(out.read_text()))
+    elif script == "burda_table1.py":
+        folder = out.with_suffix("")
+        check(json.loads((folder / "report.json").read_text()), folder, data_root)
     else:  # scripts that write a results folder named after --out
         folder = out.with_suffix("")
-        check(json.loads((folder / "report.json").read_text()), folder)
+        report = folder / ("status.json" if script == "reproduce.py" else "report.json")
+        check(json.loads(report.read_text()), folder)
+
+
+def test_aevb_resumes_and_skips_finished_runs(data_root, tmp_path):
+    """Stopped by --time-limit inside a run (a checkpoint, results so far, exit 143); rerun: it continues
+    and finishes; a third run reloads every finished run without training."""
+    out, runs = tmp_path / "aevb", tmp_path / "runs"
+    cmd = [sys.executable, str(EXPERIMENTS / "aevb.py"), "--datasets", "frey-face", "--latent-dims", "3",
+           "--no-manifold", "--frey-samples", "1.5e5", "--frey-repeat", "5", "--device", "cpu", "--out", str(out), "--runs-dir", str(runs),
+           "--data-dir", str(data_root)]
+    first = subprocess.run([*cmd, "--time-limit", "5"], capture_output=True, text=True)
+    assert first.returncode == 143, first.stderr
+    report = json.loads((out / "report.json").read_text())["runs"][0]
+    assert not report["finished"] and report["schedule"]["epochs"] == 17
+    assert (runs / "frey-face_nz3" / "checkpoint.pt").is_file()
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    report = json.loads((out / "report.json").read_text())["runs"][0]
+    assert report["finished"] and report["epochs_done"] == 17 and report["epochs_this_invocation"] > 0
+    third = subprocess.run(cmd, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert json.loads((out / "report.json").read_text())["runs"][0]["epochs_this_invocation"] == 0
+
+
+def test_reproduce_dry_run(data_root, tmp_path):
+    """--dry-run measures every kind of step, prints the plan with its estimate and trains nothing."""
+    out = tmp_path / "plan"
+    proc = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "reproduce.py"), "--dry-run", "--device", "cpu", "--measure-steps", "3",
+         "--measure-eval-points", "20", "--measure-eval-samples", "50", "--out", str(out), "--data-dir",
+         str(data_root)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["dry_run"] and len(plan["measured"]["seconds_per_step"]) == 11
+    assert all(v > 0 for v in plan["measured"]["seconds_per_step"].values())
+    assert "Total estimate" in proc.stdout and "burda-full" in proc.stdout
+    assert not (out / "runs").exists() and not (out / "status.json").exists()

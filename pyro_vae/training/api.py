@@ -151,10 +151,8 @@ def train(
                              data_plate=data_plate)
     _check_settings(data, options, elbo, schedule, folder)
     get_elbo(elbo, num_particles, schedule.free_bits)  # bad names and settings fail before anything runs
-    if isinstance(optimizer, pyro.optim.PyroOptim):
-        optim, optimizer = optimizer, type(optimizer).__name__
-    else:
-        optim = make_optimizer(optimizer, lr)
+    optim, optimizer = ((optimizer, type(optimizer).__name__) if isinstance(optimizer, pyro.optim.PyroOptim)
+                        else (make_optimizer(optimizer, lr), optimizer))
     if clear_params:
         pyro.clear_param_store()
     max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels, schedule.free_bits, data_plate)
@@ -163,8 +161,7 @@ def train(
         objective = _with_data_plate(objective, data_plate)
     module = owner_module(model, guide, module)
     networks = compile_targets(module, model, guide, *example) if compile else []
-    if not isinstance(elbo, str):
-        num_particles = elbo.num_particles
+    num_particles = num_particles if isinstance(elbo, str) else elbo.num_particles
     settings = _settings(data, options, label, num_particles, schedule, optimizer, lr, folder)
     saved = None
     if folder is not None and folder.resume:
