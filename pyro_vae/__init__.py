@@ -19,6 +19,7 @@ from .models import (
     ConvVAE,
     FlowVAE,
     HierarchicalVAE,
+    SemiSupervisedVAE,
     build_model,
 )
 from .objectives import (
@@ -68,6 +69,7 @@ __all__ = [
     "NonFiniteLossError",
     "PairedComparison",
     "RunFolder",
+    "SemiSupervisedVAE",
     "TraceEnum_ELBO",
     "TraceMeanField_ELBO",
     "Trace_ELBO",

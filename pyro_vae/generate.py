@@ -13,22 +13,25 @@ __all__ = ["observation", "observed_mean", "reconstruct", "sample_prior"]
 
 
 def _observed_site(trace, skip: str | None = None) -> dict:
+    """The observed site with the most values per datapoint (the image rather than an observed
+    label, as in the semi-supervised M2); the first such site on ties."""
     observed = [site for name, site in trace.nodes.items()
                 if site["type"] == "sample" and site["is_observed"] and name != skip]
     if not observed:
         raise ValueError("the model has no observed site (pyro.sample(..., obs=x))")
-    return observed[0]
+    return max(observed, key=lambda site: site["value"][0].numel() if site["value"].dim() else 0)
 
 
 def observed_mean(trace, skip: str | None = None) -> torch.Tensor:
-    """Mean of the first observed site's distribution in a model ``trace`` (``skip``: a site fixed by
-    conditioning), e.g. ``(batch, D)`` pixel probabilities for a Bernoulli likelihood."""
+    """Mean of the observed site's distribution in a model ``trace`` (the one with the most values
+    per datapoint; ``skip``: a site fixed by conditioning), e.g. ``(batch, D)`` pixel
+    probabilities for a Bernoulli likelihood."""
     return _observed_site(trace, skip)["fn"].mean
 
 
 @torch.no_grad()
 def observation(model, x: torch.Tensor, *args, guide=None, **kwargs) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """The model's first observed site, whatever it observes (``x`` itself, or the bottom half of
+    """The model's observed site (the one with the most values per datapoint), whatever it observes (``x`` itself, or the bottom half of
     an image given its top half, ...): ``(name, observed value, mean)``, the last two
     ``(batch, k)`` with ``k`` values per datapoint, for ``z ~ p(z)`` (``guide=None``) or one draw
     ``z ~ q(z | x)``.

@@ -197,14 +197,21 @@ def log_importance_weights(
 
 def _reduce_enumerated(log_w: torch.Tensor, log_q_enum, mode: str | None) -> torch.Tensor:
     """``(*enum, K, B)`` log weights of every enumerated value to ``(K, B)``: their ``logsumexp``
-    (``"sum"``) or the expectation of ``log w - log q(y)`` under ``q(y)`` (``"elbo"``)."""
+    (``"sum"``) or the expectation of ``log w - log q(y)`` under ``q(y)`` (``"elbo"``).
+
+    ``log_q_enum`` is ``(masked, unmasked)``: the enumerated guide sites' summed log-densities
+    with and without their masks. On a row where a site is masked out (Pyro's ``obs_mask`` idiom:
+    the guide enumerates the class only where it is unknown) the site's value does not enter the
+    weight, so that row takes the ``q``-weighted average over the values instead of their sum, as
+    Pyro's ``TraceEnum_ELBO`` does (its Dice weights use the unmasked ``q``)."""
     enum_dims = list(range(log_w.dim() - 2))
     if not enum_dims:
         return log_w
-    if mode == "sum":
-        return torch.logsumexp(log_w, dim=enum_dims)
-    q = log_q_enum.exp().expand(log_w.shape)  # q(y | x) of every enumerated value: sums to 1
-    return (q * log_w - torch.special.xlogy(q, q)).sum(enum_dims)
+    masked, unmasked = log_q_enum
+    if mode == "sum":  # unmasked rows: masked == unmasked, a plain sum over the values
+        return torch.logsumexp(log_w + (unmasked - masked), dim=enum_dims)
+    q = unmasked.exp().expand(log_w.shape)  # q(y | x) of every enumerated value: sums to 1
+    return (q * log_w - torch.special.xlogy(q, masked.exp())).sum(enum_dims)
 
 
 def _trace_particles(model, guide, args, kwargs, num_particles: int, max_plate_nesting: int, enum: bool):
@@ -223,9 +230,9 @@ def _trace_particles(model, guide, args, kwargs, num_particles: int, max_plate_n
 def _sum_log_weights(model_trace, guide_trace, plate_dims, data_plate, require_reparam, enum):
     """``(log_w, log_q_enum, scales, subsampled, batch)``: the ``(*enum, K, B)`` sum of the model's
     log-densities minus the sampled guide sites' (``None`` without sites), the sum of the
-    enumerated guide sites' log-densities (0.0 without), every site's scale, and whether the data
-    plate is subsampled, and the data plate's size."""
-    log_w, log_q_enum, scales, subsampled = None, 0.0, [], False
+    enumerated guide sites' log-densities with and without their masks (0.0 without), every
+    site's scale, and whether the data plate is subsampled, and the data plate's size."""
+    log_w, log_q_enum, log_q_unmasked, scales, subsampled = None, 0.0, 0.0, [], False
     enumerated = {name for name, site in sample_sites(guide_trace, observed=False) if enum and is_enumerated(site)}
     for sign, trace, observed in ((1.0, model_trace, None), (-1.0, guide_trace, False)):
         for name, site in sample_sites(trace, observed=observed):
@@ -239,10 +246,12 @@ def _sum_log_weights(model_trace, guide_trace, plate_dims, data_plate, require_r
             lp = _per_datapoint(lp, plate_dims, frame.dim, len(enumerated))
             if sign < 0 and name in enumerated:
                 log_q_enum = log_q_enum + lp
+                log_q_unmasked = log_q_unmasked + _per_datapoint(
+                    scale_and_mask(_log_prob(name, site, sign), 1.0, None), plate_dims, frame.dim, len(enumerated))
             else:
                 log_w = sign * lp if log_w is None else log_w + sign * lp
             scales.append(site["scale"])
-    return log_w, log_q_enum, scales, subsampled, frame.size if log_w is not None else 0
+    return log_w, (log_q_enum, log_q_unmasked), scales, subsampled, frame.size if log_w is not None else 0
 
 
 def _check_enumerated_plates(name: str, site, data_plate: str) -> None:

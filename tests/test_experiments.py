@@ -122,6 +122,26 @@ def check_reproduce(report, folder):
         assert (folder / part / "summary.md").stat().st_size > 0, part
 
 
+def check_m2(report, folder):
+    from pyro_vae.data import load_dataset
+    from pyro_vae.models import SemiSupervisedVAE
+    from pyro_vae.training.checkpoint import load_checkpoint
+
+    (row,) = report["rows"]
+    assert row["num_labels"] == 100 and row["finished"] and row["repeat"] >= 1
+    assert row["paper_error_percent"] == [11.97, 1.71] and "11.97 ± 1.71" in (folder / "summary.md").read_text()
+    assert row["test_elbo"] > -544 and row["log_likelihood"] >= row["test_elbo"] - 3 * row["test_elbo_se"]
+    assert (folder / "analogies_100.png").read_bytes()[:4] == b"\x89PNG"
+    # the reported error, recomputed from the run's checkpoint by hand on the same test images
+    test = load_dataset("mnist", None, download=False).subset(num_train=2000, num_test=200)
+    pyro.clear_param_store()
+    vae = SemiSupervisedVAE(784, latent_dim=5, hidden_dim=50)
+    load_checkpoint(Path(row["run_folder"]) / "checkpoint.pt", vae.model, vae.guide, test.test[:2])
+    with torch.no_grad():
+        error = 100.0 * float((vae.classifier(test.test).argmax(-1) != test.test_labels).float().mean())
+    assert row["test_error_percent"] == pytest.approx(error, abs=1e-9)
+
+
 def check_benchmark(report):
     for m in report["measurements"]:
         for row in m["steps"] + m["epochs"]:
@@ -146,6 +166,7 @@ QUICK_RUNS = {
     "estimators.py": (["--quick", "--device", "cpu"], check_estimators),
     "burda_table1.py": (["--quick", "--device", "cpu", "--jit"], check_burda),
     "reproduce.py": (["--quick", "--device", "cpu", "--jit"], check_reproduce),
+    "m2.py": (["--quick", "--device", "cpu"], check_m2),
 }
 
 

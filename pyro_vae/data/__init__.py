@@ -20,12 +20,14 @@ Data flows one way through three modules:
 
 * :mod:`~pyro_vae.data.files`: where each file lives, its checksum, download, the data root;
 * :mod:`~pyro_vae.data.formats`: IDX, ``.amat`` and MATLAB readers, file -> NumPy array;
-* :mod:`~pyro_vae.data.datasets`: :class:`Dataset` and :func:`load_dataset`, arrays -> tensors.
+* :mod:`~pyro_vae.data.datasets`: :class:`Dataset` and :func:`load_dataset`, arrays -> tensors;
+* :mod:`~pyro_vae.data.semi_supervised`: :func:`semi_supervised`, a few labels kept as ``y``.
 """
 
 from .datasets import DATASETS, Dataset, binarize_for, load_dataset
 from .files import DataNotFoundError, default_data_root, resolve_data_root
 from .formats import read_amat, read_frey, read_idx
+from .semi_supervised import labelled_indices, semi_supervised
 
 __all__ = [
     "DATASETS",
@@ -33,9 +35,11 @@ __all__ = [
     "Dataset",
     "binarize_for",
     "default_data_root",
+    "labelled_indices",
     "load_dataset",
     "read_amat",
     "read_frey",
     "read_idx",
     "resolve_data_root",
+    "semi_supervised",
 ]

@@ -12,6 +12,7 @@ conv          :class:`ConvVAE`, convolutional nets for images
 hierarchical  :class:`HierarchicalVAE`, Burda et al. (2015) stochastic layers
 conditional   :class:`ConditionalVAE`, labels as an extra argument
 iaf           :class:`FlowVAE`, inverse autoregressive flow guide
+m2            :class:`SemiSupervisedVAE`, Kingma et al. (2014), class summed out
 ============  ===================================================================
 
 A pair of your own can be built by a factory (``pyro-vae train --pair package.module:make_pair``),
@@ -31,12 +32,13 @@ from .conditional import ConditionalVAE
 from .conv import ConvVAE
 from .flow import FlowVAE
 from .hierarchical import HierarchicalVAE
+from .m2 import SemiSupervisedVAE
 from .mlp import VAE
 from .single import SingleLatentVAE
 from ..names import unknown_name
 
 __all__ = [
-    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "PairModule", "SingleLatentVAE",
+    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "PairModule", "SemiSupervisedVAE", "SingleLatentVAE",
     "VAE", "build_model", "model_options",
 ]
 
@@ -46,6 +48,7 @@ MODELS: dict[str, type[PairModule]] = {
     "hierarchical": HierarchicalVAE,
     "conditional": ConditionalVAE,
     "iaf": FlowVAE,
+    "m2": SemiSupervisedVAE,
 }
 """Shipped model families by name."""
 

@@ -57,10 +57,13 @@ class PairModule(nn.Module):
     Class attributes:
         description: one line for ``pyro-vae models``.
         needs_labels: ``True`` when ``model``/``guide`` take class labels ``y`` after ``x``.
+        default_elbo: the objective the pair is written for (``"trace"``; ``"enum"`` for a pair
+            with enumerated discrete latents, which the sampling objectives refuse).
     """
 
     description = ""
     needs_labels = False
+    default_elbo = "trace"
 
     def __init_subclass__(cls, **kwargs):
         """Make each subclass remember the arguments it was built with (``_build_args``, all
