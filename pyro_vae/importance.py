@@ -19,9 +19,9 @@ discrete guide site marked for parallel enumeration (``@config_enumerate``,
 ``infer={"enumerate": "parallel"}``) takes every value of its support along a dim to the left of
 the particle plate instead of a draw. ``"sum"`` then adds ``p(x, y, z)/q(z | x, y)`` over those
 values, so the weight marginalizes ``y`` exactly, ``log w = log sum_y p(x, y, z_y) / q(z_y | x, y)``
-(``q(y | x)`` cancels: the estimate is unbiased whatever the classifier); ``"elbo"`` takes the
-expectation ``sum_y q(y | x) [log p(x, y, z_y) - log q(y | x) - log q(z_y | x, y)]`` (Pyro's
-``TraceEnum_ELBO``). Other sites (``"sequential"``, unmarked) are sampled and weighted as usual.
+(``q(y | x)`` cancels: unbiased whatever the classifier); ``"elbo"`` takes the expectation
+``sum_y q(y | x) [log p(x, y, z_y) - log q(y | x) - log q(z_y | x, y)]`` (``TraceEnum_ELBO``'s).
+Rows where the site is masked out average over its values. Other sites are sampled as usual.
 
 Everything else in the package that needs ``log p(x, z) - log q(z | x)`` per datapoint (the
 IWAE objective, the test ELBO, :func:`pyro_vae.estimate_log_likelihood`) calls
@@ -137,10 +137,8 @@ def _per_datapoint(log_prob: torch.Tensor, plate_dims: int, data_dim: int, enum_
     """Sum a site's log-density over every plate dim except the data plate's: ``(*enum, K, B)``
     (sizes 1 where it does not vary); ``plate_dims`` counts the particle plate and the pair's."""
     if log_prob.dim() > plate_dims + enum_dims:
-        raise ValueError(
-            f"a log-density has {log_prob.dim()} batch dims, more than the {plate_dims - 1} that the "
-            "plates declare (plus particles and enumeration); is max_plate_nesting too small?"
-        )
+        raise ValueError(f"a log-density has {log_prob.dim()} batch dims, more than the {plate_dims - 1} that the "
+                         "plates declare (plus particles and enumeration); is max_plate_nesting too small?")
     log_prob = log_prob.reshape((1,) * (plate_dims - log_prob.dim()) + log_prob.shape)
     others = [d for d in range(-plate_dims + 1, 0) if d != data_dim]
     if others:
@@ -197,13 +195,9 @@ def log_importance_weights(
 
 def _reduce_enumerated(log_w: torch.Tensor, log_q_enum, mode: str | None) -> torch.Tensor:
     """``(*enum, K, B)`` log weights of every enumerated value to ``(K, B)``: their ``logsumexp``
-    (``"sum"``) or the expectation of ``log w - log q(y)`` under ``q(y)`` (``"elbo"``).
-
-    ``log_q_enum`` is ``(masked, unmasked)``: the enumerated guide sites' summed log-densities
-    with and without their masks. On a row where a site is masked out (Pyro's ``obs_mask`` idiom:
-    the guide enumerates the class only where it is unknown) the site's value does not enter the
-    weight, so that row takes the ``q``-weighted average over the values instead of their sum, as
-    Pyro's ``TraceEnum_ELBO`` does (its Dice weights use the unmasked ``q``)."""
+    (``"sum"``) or the expectation of ``log w - log q(y)`` under ``q(y)`` (``"elbo"``). A row where
+    an enumerated site is masked out (``log_q_enum = (masked, unmasked)`` log q) takes the
+    ``q``-weighted average over the values instead, as Pyro's Dice weights do."""
     enum_dims = list(range(log_w.dim() - 2))
     if not enum_dims:
         return log_w
@@ -246,8 +240,8 @@ def _sum_log_weights(model_trace, guide_trace, plate_dims, data_plate, require_r
             lp = _per_datapoint(lp, plate_dims, frame.dim, len(enumerated))
             if sign < 0 and name in enumerated:
                 log_q_enum = log_q_enum + lp
-                log_q_unmasked = log_q_unmasked + _per_datapoint(
-                    scale_and_mask(_log_prob(name, site, sign), 1.0, None), plate_dims, frame.dim, len(enumerated))
+                log_q_unmasked = log_q_unmasked + _per_datapoint(_log_prob(name, site, sign), plate_dims, frame.dim,
+                                                                 len(enumerated))
             else:
                 log_w = sign * lp if log_w is None else log_w + sign * lp
             scales.append(site["scale"])
@@ -287,10 +281,8 @@ def _log_prob(name: str, site, sign: float) -> torch.Tensor:
 
 def _check_reparameterized(name: str, site) -> None:
     if not site["fn"].has_rsample:
-        raise ValueError(
-            f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "
-            "this objective needs reparameterized guide samples"
-        )
+        raise ValueError(f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "
+                         "this objective needs reparameterized guide samples")
 
 
 def _common_scale(scales: list):

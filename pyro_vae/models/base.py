@@ -57,8 +57,7 @@ class PairModule(nn.Module):
     Class attributes:
         description: one line for ``pyro-vae models``.
         needs_labels: ``True`` when ``model``/``guide`` take class labels ``y`` after ``x``.
-        default_elbo: the objective the pair is written for (``"trace"``; ``"enum"`` for a pair
-            with enumerated discrete latents, which the sampling objectives refuse).
+        default_elbo: the objective the pair is written for (``"enum"`` for enumerated latents).
     """
 
     description = ""
