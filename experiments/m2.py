@@ -41,7 +41,7 @@ import torch
 import pyro_vae
 from pyro_vae.cli.args import add_experiment_args
 from pyro_vae.data import load_dataset, semi_supervised
-from pyro_vae.objectives.semi_supervised import SemiSupervisedELBO
+from pyro_vae.objectives import SemiSupervisedELBO
 from pyro_vae.plots import save_image_grid
 
 PAPER_ERROR = {100: (11.97, 1.71), 600: (4.94, 0.13), 1000: (3.60, 0.56), 3000: (3.92, 0.63)}

@@ -76,7 +76,7 @@ def test_renyi_object_needs_reparameterized_sites_as_iwae_does():
 def _discrete_model(x):
     with pyro.plate("data", x.shape[0]):
         y = pyro.sample("y", dist.Bernoulli(torch.tensor(0.5, dtype=torch.float64)))
-        pyro.sample("x", dist.Normal(y.unsqueeze(-1).expand(x.shape), 1.0).to_event(1), obs=x)
+        pyro.sample("x", dist.Normal(y.unsqueeze(-1).expand(y.shape + x.shape[-1:]), 1.0).to_event(1), obs=x)
 
 
 def _discrete_guide(x):

@@ -14,7 +14,7 @@ from torch import nn
 from pyro_vae import build_model, check_model_guide, estimate_log_likelihood, evaluate_elbo, train
 from pyro_vae.data import labelled_indices, semi_supervised
 from pyro_vae.models import SemiSupervisedVAE
-from pyro_vae.objectives.semi_supervised import SemiSupervisedELBO
+from pyro_vae.objectives import SemiSupervisedELBO
 
 C, D = 3, 5
 

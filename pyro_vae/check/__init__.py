@@ -17,6 +17,9 @@ module                 contents
 ``validation``         the pair under Pyro's validation, argument checks, bulk draws
 ``structure``          which latent sites' analytic KL is a term of the ELBO (derivation)
 ``objective_rules``    what ``meanfield``, free bits and ``iwae`` need of a pair
+``idioms``             Pyro idioms refused by name: autoguides, subsampled data plates, global
+                       latents, point-mass (``Delta``) guide sites
+``vectorization``      the pair run with two particles vectorized, as ``iwae`` and the estimators
 =====================  =================================================================
 """
 
@@ -26,6 +29,7 @@ import torch
 
 from ..importance import is_enumerated, plate_nesting, sample_sites
 from .errors import ModelGuideError
+from .idioms import check_no_global_latents, check_no_point_mass, check_not_autoguide
 from .objective_rules import check_objective, rules_of
 from .rules import (
     check_call_signature,
@@ -39,6 +43,7 @@ from .rules import (
     check_same_latent_sites,
 )
 from .validation import check_arguments, check_draws_in_bulk, check_under_pyro_validation, run_pair
+from .vectorization import check_broadcasts
 
 __all__ = ["ModelGuideError", "check_model_guide"]
 
@@ -74,9 +79,12 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
         data_plate: name of the plate over datapoints.
 
     Raises:
-        ModelGuideError: naming the problem and the site: a model or guide that fails to run on
-            the batch; a distribution parameter outside its constraint; a missing data plate or
-            one whose size differs from the batch; a latent site in one function but not the
+        ModelGuideError: naming the problem and the site: a Pyro autoguide (not amortized); a
+            subsampled data plate (``subsample_size``/``subsample``: the trainer minibatches); a
+            model or guide that fails to run on the batch; a global latent (a latent site outside
+            the data plate, a ``PyroSample`` weight); a point-mass (``Delta``) guide site; a
+            distribution parameter outside its constraint; a missing data plate or one whose size
+            differs from the batch; a latent site in one function but not the
             other; batch or event shapes that differ between model and guide; a guide draw
             outside the model's support; a site that is not reparameterizable under ``iwae`` or
             free bits; no observed site; observations outside the support of the model's
@@ -88,7 +96,9 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
             for enumeration under an objective that would sample it; an enumerated site in a plate
             nested in the data plate; an objective built with a ``max_plate_nesting`` below the
             pair's; under Pyro's own ``TraceMeanField_ELBO``, a latent site that is not
-            reparameterizable or whose analytic KL is not a term of the ELBO.
+            reparameterizable or whose analytic KL is not a term of the ELBO; a pair that does not
+            broadcast over a particle dimension left of its plates (as ``iwae`` and the estimators
+            run it), naming the site where it failed or gave other numbers than one particle alone.
         TypeError: ``elbo`` is neither a name, ``None`` nor a ``pyro.infer.ELBO``.
 
     The global RNG state is left as it was.
@@ -98,16 +108,19 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
     elbo = rules.name
     check_data(data)
     check_call_signature(model, data)
+    check_not_autoguide(guide, data_plate)
     batch = min(max(batch_size, 2), data.shape[0])
     x = data[:batch]
     args = tuple(_slice(a, batch, data.shape[0]) for a in args)
     kwargs = {k: _slice(v, batch, data.shape[0]) for k, v in kwargs.items()}
-    guide_trace, model_trace = run_pair(model, guide, x, args, kwargs)
+    guide_trace, model_trace = run_pair(model, guide, x, args, kwargs, data_plate)
     guide_sites = dict(sample_sites(guide_trace))
     observed = dict(sample_sites(model_trace, observed=True))
     latent = dict(sample_sites(model_trace, observed=False))
     every_site = [("guide", n, s) for n, s in guide_sites.items()] + \
                  [("model", n, s) for n, s in {**latent, **observed}.items()]
+    check_no_global_latents(guide_sites, latent, data_plate, batch)
+    check_no_point_mass(guide_sites, latent)
     check_arguments(every_site)
     check_observed_site_exists(observed)
     check_data_plate(guide_sites, {**latent, **observed}, data_plate, batch)
@@ -123,4 +136,5 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
     check_draws_in_bulk(pairs, batch)
     nesting = plate_nesting(guide_trace, model_trace)
     check_under_pyro_validation(model, guide, x, args, kwargs, nesting, enum=elbo == "enum" or bool(enumerated))
+    check_broadcasts(model, guide, x, args, kwargs, guide_trace, model_trace, nesting, data_plate)
     check_objective(model, guide, x, args, kwargs, pairs, rules, nesting)

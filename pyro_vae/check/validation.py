@@ -1,7 +1,9 @@
 """Pyro's validation, once and up front: the checks that training (which runs its steps with
 ``pyro.validation_enabled(False)`` for speed) and the estimators skip at every step.
 
-* :func:`run_pair` traces the guide and the model replayed against it, as the trainer's steps do;
+* :func:`run_pair` traces the guide and the model replayed against it, as the trainer's steps do,
+  and refuses a subsampled data plate (also when Pyro's shape checks made the run fail) and a model
+  that failed after drawing a latent the guide does not sample (:mod:`~pyro_vae.check.idioms`);
 * :func:`check_arguments` is torch's argument validation, site by site, so the error names the site;
 * :func:`check_draws_in_bulk` draws many values from each guide site and refuses log-densities
   that are not finite there (draws at the edge of the support in the floating-point type, e.g.
@@ -24,8 +26,9 @@ from pyro import poutine
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
-from ..pyro_internals import elbo_traces, strip_trace_shapes
+from ..pyro_internals import MessageHook, elbo_traces, strip_trace_shapes
 from .errors import ModelGuideError
+from .idioms import SiteRecorder, missing_latent_refusal, subsample_refusal
 from .rules import distribution_name
 
 __all__ = ["BULK_DRAWS", "boundary_hint", "check_arguments", "check_draws_in_bulk", "check_under_pyro_validation",
@@ -57,13 +60,36 @@ def _run(fn, role: str, x, args, kwargs):
                               f"{message}") from e
 
 
-def run_pair(model, guide, x: torch.Tensor, args: tuple, kwargs: dict):
+def run_pair(model, guide, x: torch.Tensor, args: tuple, kwargs: dict, data_plate: str = "data"):
     """``(guide_trace, model_trace)`` of one run on the batch ``x``, with validation off as in the
-    trainer's steps (the checks here then give the messages); the RNG state is left as it was."""
-    with poutine.block(), _rng(x), pyro.validation_enabled(False):
-        guide_trace = _run(guide, "guide", x, args, kwargs)
-        model_trace = _run(poutine.replay(model, trace=guide_trace), "model", x, args, kwargs)
+    trainer's steps (the checks here then give the messages); the RNG state is left as it was.
+    A subsampled plate ``data_plate`` is refused first (also when it made the run fail), then a
+    model that failed after drawing a latent the guide does not sample (a ``PyroSample`` weight)."""
+    guide_log, model_log = SiteRecorder(), SiteRecorder()
+    guide_trace = None
+    try:
+        with poutine.block(), _rng(x), pyro.validation_enabled(False):
+            with MessageHook(guide_log):
+                guide_trace = _run(guide, "guide", x, args, kwargs)
+            with MessageHook(model_log):
+                model_trace = _run(poutine.replay(model, trace=guide_trace), "model", x, args, kwargs)
+    except ModelGuideError as e:
+        _refuse_idiom(guide_log, model_log, guide_trace, data_plate, e.__cause__ or e)
+        raise
+    _refuse_idiom(guide_log, model_log, guide_trace, data_plate, None)
     return guide_trace, model_trace
+
+
+def _refuse_idiom(guide_log, model_log, guide_trace, data_plate: str, error) -> None:
+    for log in (guide_log, model_log):
+        subsampled = log.subsampled(data_plate)
+        if subsampled is not None:
+            raise subsample_refusal(data_plate, *subsampled) from error
+    if error is not None and guide_trace is not None:
+        refusal = missing_latent_refusal(model_log, guide_trace.nodes, data_plate,
+                                         strip_trace_shapes(str(error)).splitlines()[0])
+        if refusal is not None:
+            raise refusal from error
 
 
 def _invalid_arguments(fn):
@@ -123,7 +149,7 @@ def check_draws_in_bulk(pairs, batch: int) -> None:
     for name, g, m in pairs:
         draws = max(1, min(BULK_DRAWS // max(batch, 1), 2 ** 22 // max(g["value"].numel(), 1)))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _rng(g["value"]):  # the caller's RNG state stays as it was
                 z = g["fn"].sample((draws,))
                 log_q, log_p = g["fn"].log_prob(z), m["fn"].log_prob(z)
         except ValueError as e:  # a distribution built with validate_args=True: a draw failed the support check

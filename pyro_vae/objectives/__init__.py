@@ -15,6 +15,9 @@ enum       :class:`TraceEnum_ELBO`       trace's, with enumerated discrete guide
                                          summed out exactly (Pyro's TraceEnum_ELBO)
 =========  ============================  ==============================================
 
+By object only: :class:`SemiSupervisedELBO` (Kingma et al. 2014, eq. 9), ``enum``'s bound plus
+``alpha log q(y | x)`` on the labelled rows, for the semi-supervised M2.
+
 ``Trace_ELBO`` here is Pyro's class (a subclass, same estimator, same gradients) whose loss stays a
 device tensor: Pyro's reads every site's log-density to the host with ``.item()`` and checks the
 loss for NaN in the forward and backward pass, up to seven host syncs per step on a GPU.
@@ -40,19 +43,20 @@ Two modifications of the KL term for any pair, outside the table:
 
 :class:`JitELBO` compiles any of them with ``torch.jit.trace``. One module per concept:
 
-=============  =============================================================================
-module         contents
-=============  =============================================================================
-``base``       :class:`ValueFromDifferentiableLoss`, :class:`LossFromDifferentiableLoss`
-``trace``      :class:`Trace_ELBO`
-``meanfield``  :class:`TraceMeanField_ELBO`
-``iwae``       :class:`IWAE_ELBO`
-``enum``       :class:`TraceEnum_ELBO`
-``free_bits``  :class:`FreeBitsELBO`
-``scaling``    :func:`scale_latents`
-``jit``        :class:`JitELBO`
-``registry``   :data:`ELBO_NAMES`, :func:`get_elbo` (names or ELBO objects), :func:`elbo_label`
-=============  =============================================================================
+===================  =============================================================================
+module               contents
+===================  =============================================================================
+``base``             :class:`ValueFromDifferentiableLoss`, :class:`LossFromDifferentiableLoss`
+``trace``            :class:`Trace_ELBO`
+``meanfield``        :class:`TraceMeanField_ELBO`
+``iwae``             :class:`IWAE_ELBO`
+``enum``             :class:`TraceEnum_ELBO`
+``free_bits``        :class:`FreeBitsELBO`
+``semi_supervised``  :class:`SemiSupervisedELBO`
+``scaling``          :func:`scale_latents`
+``jit``              :class:`JitELBO`
+``registry``         :data:`ELBO_NAMES`, :func:`get_elbo` (names or ELBO objects), :func:`elbo_label`
+===================  =============================================================================
 
 Pyro's private names are reached through :mod:`pyro_vae.pyro_internals` only.
 """
@@ -65,6 +69,7 @@ from .jit import JitELBO
 from .meanfield import TraceMeanField_ELBO
 from .registry import ELBO_NAMES, elbo_label, get_elbo
 from .scaling import scale_latents
+from .semi_supervised import SemiSupervisedELBO
 from .trace import Trace_ELBO
 
 __all__ = [
@@ -73,6 +78,7 @@ __all__ = [
     "FreeBitsELBO",
     "JitELBO",
     "LossFromDifferentiableLoss",
+    "SemiSupervisedELBO",
     "TraceEnum_ELBO",
     "TraceMeanField_ELBO",
     "Trace_ELBO",
