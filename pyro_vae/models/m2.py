@@ -52,7 +52,7 @@ class SemiSupervisedVAE(PairModule):
 
     Nets: ``classifier`` (``x (..., D) -> (..., num_classes)`` logits of ``q(y | x)``; use
     :meth:`classify`), ``encoder`` (``[x, one_hot(y)] -> (loc, scale)`` of ``q(z | x, y)``) and
-    ``decoder`` (``[z, one_hot(y)] -> `` likelihood parameters), with tanh hidden layers.
+    ``decoder`` (``[z, one_hot(y)]`` to the likelihood's parameters), with tanh hidden layers.
     """
 
     description = "Kingma et al. (2014) M2: class y (summed out by enumeration) and style z; semi-supervised"
