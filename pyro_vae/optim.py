@@ -69,10 +69,16 @@ class FusedOptim(pyro.optim.PyroOptim):
 
     def __call__(self, params, *args, **kwargs) -> None:
         """One optimizer step on every parameter the optimizer holds (``params`` adds new ones)."""
+        self.register(params)
+        self.optimizer.step()
+
+    def register(self, params) -> torch.optim.Optimizer:
+        """Add the parameters of ``params`` not seen yet (with any state loaded by ``set_state``
+        for them) without stepping; returns the torch optimizer, which holds every state tensor."""
         new = [p for p in dict.fromkeys(params) if p not in self._seen]
         if new:
             self._rebuild(new)
-        self.optimizer.step()
+        return self.optimizer
 
     def _rebuild(self, new: list[torch.Tensor]) -> None:
         """A new torch optimizer over the old and the new parameters, keeping every state."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 import pyro.ops.jit
+import torch
 from pyro.distributions.util import is_identically_zero as _is_identically_zero
 from pyro.distributions.util import scale_and_mask as _scale_and_mask
 from pyro.infer import ELBO
@@ -33,10 +34,13 @@ __all__ = [
     "compute_dice_elbo",
     "compute_log_r",
     "elbo_traces",
+    "fused_adam_step",
+    "inductor_compile",
     "is_deterministic",
     "is_identically_zero",
     "jit_trace",
     "log_r_sum_to",
+    "make_aten_graph",
     "optim_args",
     "optim_constructor",
     "pending_optim_state",
@@ -218,3 +222,40 @@ def pending_optim_state(optim) -> dict:
 def set_pending_optim_state(optim, state: dict) -> None:
     """Replace the states a ``PyroOptim`` holds for parameters it has not stepped yet."""
     optim._state_waiting_to_be_consumed = state
+
+
+# -- torch internals: the compiled step (pyro_vae.training.compiled) -------------------------------
+
+
+def make_aten_graph(fn, *inputs):
+    """``fn(*inputs)`` run once for real and recorded as an aten-level ``torch.fx.GraphModule``
+    over flat positional inputs (``make_fx``, real tracing mode, backward included); raises
+    ``RuntimeError`` on a Python read of a value that depends on an input (``.item()``, ``bool``)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(fn)(*inputs)
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # flat positional inputs, no pytree spec
+    gm.recompile()
+    return gm
+
+
+def inductor_compile(gm, example_inputs: list):
+    """The aten graph ``gm`` compiled by inductor (``torch._inductor.compile_fx``, no dynamo, no
+    guards) for inputs shaped like ``example_inputs``; random ops left in the graph call aten's
+    generator (``fallback_random``). Returns a callable taking the inputs positionally."""
+    from torch._inductor import config
+    from torch._inductor.compile_fx import compile_fx
+
+    with config.patch(fallback_random=True):
+        return compile_fx(gm, example_inputs)
+
+
+def fused_adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, group: dict, found_inf) -> None:
+    """One update of torch's fused Adam kernel (``torch._fused_adam_``, what
+    ``torch.optim.Adam(fused=True).step()`` calls) with the hyper-parameters of the param
+    ``group``; skipped where ``found_inf`` (a float 0-d tensor) is 1. ``steps`` must already count
+    this step (``Adam`` adds 1 before the kernel)."""
+    beta1, beta2 = group["betas"]
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                       maximize=group["maximize"], found_inf=found_inf)

@@ -436,3 +436,46 @@ def test_the_private_name_scanner_finds_each_kind_of_use():
               "from .pyro_internals import torch_item\n"
               "z = pyro.sample('z', dist.Normal(0, 1))\nw = torch_item(z)\n")
     assert not list(_private_uses(ast.parse(public)))
+
+
+# -- torch internals of the compiled step ---------------------------------------------------------
+
+
+def test_fused_adam_step_is_torch_fused_adam_and_skips_on_found_inf():
+    torch.manual_seed(0)
+    params = [torch.randn(3, 2, requires_grad=True), torch.randn(4, requires_grad=True)]
+    mine = [p.detach().clone() for p in params]
+    optimizer = torch.optim.Adam(params, lr=0.01, fused=True)
+    state = [{"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p), "step": torch.zeros(())}
+             for p in mine]
+    for k in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        for s in state:
+            s["step"] += 1  # Adam counts the step before the kernel
+        internals.fused_adam_step(mine, grads, [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
+                                  [s["step"] for s in state], optimizer.param_groups[0], found_inf=torch.zeros(()))
+        assert all(torch.equal(p.detach(), q) for p, q in zip(params, mine))
+        assert all(torch.equal(optimizer.state[p]["exp_avg"], s["exp_avg"]) for p, s in zip(params, state))
+    before = [q.clone() for q in mine]
+    internals.fused_adam_step(mine, grads, [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
+                              [s["step"] for s in state], optimizer.param_groups[0], found_inf=torch.ones(()))
+    assert all(torch.equal(p, q) for p, q in zip(before, mine))
+
+
+def test_make_aten_graph_records_forward_and_backward_and_refuses_value_reads():
+    w = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+
+    def step(w, x):
+        loss = ((w * x).exp()).sum()
+        return loss.detach(), torch.autograd.grad(loss, [w])[0]
+
+    x = torch.tensor([1.0, 2.0, 3.0])
+    gm = internals.make_aten_graph(step, w, x)
+    loss, grad = gm(w.detach(), 2 * x)  # flat positional inputs; new values, not the recorded ones
+    torch.testing.assert_close(loss, (w * 2 * x).exp().sum().detach())
+    torch.testing.assert_close(grad, (2 * x * (w * 2 * x).exp()).detach())
+    with pytest.raises(RuntimeError, match="value out of a tracing tensor"):
+        internals.make_aten_graph(lambda w, x: w * float(x.sum()), w, x)

@@ -2,9 +2,10 @@
 
 Reads the two ``evaluation.json`` reports that ``pyro-vae evaluate`` wrote (a run folder stands for
 its ``evaluation.json``; a JSON file is read as it is), refuses them unless they are on the same
-datapoints (count and data fingerprint), and prints, for log p̂(x) and every IWAE_k bound both
-hold, the mean per-datapoint difference A - B with its paired standard error and, beside it, the
-unpaired one. Nats per datapoint; a positive difference means A is better.
+datapoints (count and data fingerprint), and prints, for log p̂(x) (or the quantity the reports
+name, e.g. ``log p(x | y)``) and every IWAE_k bound both hold, the mean per-datapoint difference
+A - B with its paired standard error and, beside it, the unpaired one. Nats per datapoint; a
+positive difference means A is better.
 """
 
 from __future__ import annotations
@@ -47,22 +48,28 @@ def shared_bounds(a: LogLikelihoodResult, b: LogLikelihoodResult) -> list[int]:
     return sorted(k for k in ks_a & ks_b if not k == a.num_samples == b.num_samples)
 
 
-def _row(label: str, c) -> str:
-    return (f"{label:<18}{c.mean_a:>10.3f} ± {c.stderr_a:<7.3f} {c.mean_b:>10.3f} ± {c.stderr_b:<7.3f} "
+def _row(label: str, c, width: int) -> str:
+    return (f"{label:<{width}}{c.mean_a:>10.3f} ± {c.stderr_a:<7.3f} {c.mean_b:>10.3f} ± {c.stderr_b:<7.3f} "
             f"{c.difference:>+10.3f} ± {c.paired_stderr:<9.3f}{c.unpaired_stderr:>11.3f}")
 
 
 def run(args, parser=None) -> int:
+    """Print the paired comparison of two evaluation reports, one row per quantity both hold."""
     (path_a, a), (path_b, b) = load_report(args.run_a), load_report(args.run_b)
-    comparisons = [(f"log p(x) K={a.num_samples}" + ("" if a.num_samples == b.num_samples else f"/{b.num_samples}"),
-                    a.compare(b))]
+    ks = "" if a.num_samples == b.num_samples else f"/{b.num_samples}"
+    comparisons = [(f"{a.quantity} K={a.num_samples}{ks}", a.compare(b))]
     comparisons += [("IWAE_1 (ELBO)" if k == 1 else f"IWAE_{k}", a.compare(b, k=k)) for k in shared_bounds(a, b)]
-    print(f"A: {path_a} (K = {a.num_samples})\nB: {path_b} (K = {b.num_samples})")
+    width = max(18, *(len(label) + 2 for label, _ in comparisons))
+    print(f"A: {path_a} ({a.quantity}, K = {a.num_samples})\nB: {path_b} ({b.quantity}, K = {b.num_samples})")
+    if a.quantity != b.quantity:
+        print(f"note: A estimates {a.quantity} and B {b.quantity}: the difference is not between two estimates of "
+              "one quantity")
     print(f"on the same {a.num_datapoints} datapoints (data {a.data_fingerprint[:19]}...); nats per datapoint, "
           "higher is better")
-    print(f"{'':<18}{'A (mean ± SE)':>18}  {'B (mean ± SE)':>18}  {'A - B ± paired SE':>20}  {'unpaired SE':>11}")
+    print(f"{'':<{width}}{'A (mean ± SE)':>18}  {'B (mean ± SE)':>18}  {'A - B ± paired SE':>20}  "
+          f"{'unpaired SE':>11}")
     for label, comparison in comparisons:
-        print(_row(label, comparison))
+        print(_row(label, comparison, width))
     print("paired SE: sd over datapoints of (A - B) / sqrt(N), the standard error of the difference; "
           "unpaired SE: sqrt(SE_A^2 + SE_B^2), which counts the datapoints' shared spread")
     return 0

@@ -1,22 +1,28 @@
 """``pyro-vae evaluate RUN_DIR``: importance-sampled log p(x) of a trained run on its test set.
 
 Writes the JSON report (summary and per-datapoint log p̂(x), IWAE bounds, ESS, k-hat; nats per
-datapoint) and, beside it, the diagnostics picture. Under ``torchrun`` the test set's minibatches
-are shared out over the processes and rank 0 reports.
+datapoint; the quantity estimated, ``log p(x | y)`` for a pair given the labels) and, beside it, the
+diagnostics picture. The test labels go to the pair as they went in training: positionally, or by
+keyword for a run of ``train --labels-as NAME``. Under ``torchrun`` the test set's minibatches are
+shared out over the processes and rank 0 reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
+from ..data import binarize_for, load_dataset
 from ..distributed import is_main, world_size
 from ..evaluation import estimate_log_likelihood
 from ..plots import plot_log_likelihood_diagnostics
-from ..training import load_run
-from .args import add_data_args, resolve_device
+from ..training import load_checkpoint, load_run
+from ..training.run_folder import rebuild_pair
+from .args import add_data_args, labels_by_name, resolve_device
 
-__all__ = ["add_parser", "estimate", "run", "save_estimate", "test_labels"]
+__all__ = ["add_parser", "estimate", "load_cli_run", "run", "save_estimate", "test_labels"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -39,13 +45,36 @@ def test_labels(vae, dataset, num: int | None = None) -> tuple:
     return (dataset.test_labels[:num],) if vae.needs_labels else ()
 
 
-def estimate(vae, x, num_samples: int, batch_size: int, seed: int, progress: bool, *args, chunk=None):
-    """log p(x) estimate with IWAE bounds at k = 1, 5, 50 (those below ``num_samples``); under
-    torchrun the minibatches are shared out over the processes."""
+def estimate(vae, x, num_samples: int, batch_size: int, seed: int, progress: bool, *args, chunk=None, **named):
+    """log p(x) estimate with IWAE bounds at k = 1, 5, 50 (those below ``num_samples``); ``args`` and
+    ``named`` (per-datapoint tensors, one row per row of ``x``) go to the pair; under torchrun the
+    minibatches are shared out over the processes."""
     ks = tuple(k for k in (1, 5, 50) if k < num_samples)
     return estimate_log_likelihood(vae.model, vae.guide, x, num_samples, batch_size, *args, bound_ks=ks,
                                    particle_chunk_size=chunk, seed=seed, progress=progress and is_main(),
-                                   distributed=True)
+                                   distributed=True, **named)
+
+
+def load_cli_run(run_dir: Path, device, data_dir, download: bool):
+    """:func:`~pyro_vae.training.load_run`, for the runs of ``train --labels-as NAME`` too: their
+    data set carries the labels as the named tensor ``NAME`` (:func:`~.args.labels_by_name`) and
+    the checkpoint is loaded with them. Returns ``(vae, dataset, config)``."""
+    config_path = Path(run_dir) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    name = config.get("labels_as")
+    if name is None:  # labels positionally or none: load_run does it all (and names a missing config.json)
+        return load_run(run_dir, device, data_dir, download)
+    vae = rebuild_pair(config, run_dir).to(device)
+    likelihood = config.get("likelihood") or config.get("model_config", {}).get("likelihood")
+    dataset = load_dataset(config["dataset"], data_dir, device=device, download=download,
+                           binarize=binarize_for(config["dataset"], likelihood))
+    dataset = labels_by_name(dataset, name)
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2],
+                            **dataset.named("test", slice(2)))
+    if state.get("finished") is False and is_main():
+        print(f"note: {run_dir} is an unfinished run ({state['epoch']} of {config['epochs']} epochs done); "
+              f"finish it with: pyro-vae train --resume {run_dir}", file=sys.stderr)
+    return vae, dataset, config
 
 
 def save_estimate(result, images, image_shape, report: Path) -> Path:
@@ -59,17 +88,18 @@ def save_estimate(result, images, image_shape, report: Path) -> Path:
 def run(args, parser) -> int:
     """Estimate log p(x) of the run in ``args.run_dir``; write the report and the picture."""
     device = resolve_device(args.device)
-    vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
+    vae, dataset, config = load_cli_run(args.run_dir, device, args.data_dir, args.download)
     x = dataset.test if args.num_test is None else dataset.test[: args.num_test]
-    labels = test_labels(vae, dataset, len(x))
+    labels, named = test_labels(vae, dataset, len(x)), dataset.named("test", slice(len(x)))
     if not is_main():  # under torchrun: evaluate this process's minibatches, rank 0 reports
-        estimate(vae, x, args.num_samples, args.batch_size, args.seed, False, *labels, chunk=args.particle_chunk_size)
+        estimate(vae, x, args.num_samples, args.batch_size, args.seed, False, *labels, chunk=args.particle_chunk_size,
+                 **named)
         return 0
     processes = f", {world_size()} processes" if world_size() > 1 else ""
     print(f"evaluating {args.run_dir} ({config['dataset']}, {config.get('model') or config.get('pair')}, trained with "
           f"{config['elbo']}) on {len(x)} test points, K = {args.num_samples}, device {device}{processes}")
     result = estimate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress, *labels,
-                      chunk=args.particle_chunk_size)
+                      chunk=args.particle_chunk_size, **named)
     output = args.output or args.run_dir / "evaluation.json"
     print(result.format())
     picture = save_estimate(result, x, dataset.image_shape, output)

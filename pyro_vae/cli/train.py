@@ -1,6 +1,10 @@
 """``pyro-vae train``: one SVI run into a run folder; ``--resume RUN_DIR`` continues one.
 
-Under ``torchrun`` it trains with DistributedDataParallel (see :mod:`pyro_vae.distributed`).
+Class labels reach a pair in one of two ways: positionally (``model(x, y)``) when its module sets
+``needs_labels`` (the shipped ``conditional`` model), or by keyword with ``--labels-as NAME``
+(``model(x, NAME=labels)``, for a pair that declares ``def model(x, y=None)``), sliced with each
+minibatch; the run folder records which, so that ``evaluate`` and ``--resume`` pass them the same
+way. Under ``torchrun`` it trains with DistributedDataParallel (see :mod:`pyro_vae.distributed`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from ..distributed import is_main
 from ..models import build_model
 from ..models.external import build_from_factory, data_facts
 from ..training import KLSchedule, RunFolder, train
-from .args import add_elbo_arg, add_train_args, load_data, model_config, resolve_device
+from .args import add_elbo_arg, add_train_args, labels_by_name, load_data, model_config, resolve_device
 from .evaluate import estimate, save_estimate, test_labels
 
 __all__ = ["CLI_RESUME_FLAGS", "add_parser", "build_pair", "run", "train_from_args"]
 
-CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "jit", "compile")
+CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "jit", "compile", "step")
 """Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
 
 
@@ -34,6 +38,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "model and guide, or (model, guide, module)) given data_dim, image_shape, likelihood, "
                         "num_classes (those it takes) and --latent-dim/--hidden-dim when given; recorded in the "
                         "run folder for evaluate, latent and --resume")
+    p.add_argument("--labels-as", default=None, metavar="NAME",
+                   help="pass the data set's class labels to model and guide by keyword NAME, sliced with each "
+                        "minibatch (model(x, NAME=labels), for a pair that declares def model(x, NAME=None)); "
+                        "recorded in the run folder, so evaluate and --resume pass them the same way. Default: "
+                        "labels go positionally, model(x, y), to a pair whose module sets needs_labels only")
     p.add_argument("--out", default=None, help="run folder (default: runs/DATASET-MODEL-ELBO-seedSEED)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--evaluate-samples", type=int, default=0, metavar="K",
@@ -58,7 +67,12 @@ def train_from_args(args, dataset, device, elbo: str, out):
     cli["elbo"] = elbo  # the demo trains both objectives from one set of options
     vae, pair = build_pair(args, dataset)
     vae = vae.to(device)
-    run_config = {**pair, "data_dim": dataset.data_dim, "image_shape": dataset.image_shape, "cli": cli}
+    labels_as = getattr(args, "labels_as", None)
+    if labels_as is not None and vae.needs_labels:
+        raise ValueError(f"--labels-as {labels_as} passes the labels by keyword, but this pair's module sets "
+                         "needs_labels, which passes them positionally as well: drop --labels-as (or needs_labels)")
+    run_config = {**pair, "data_dim": dataset.data_dim, "image_shape": dataset.image_shape, "labels_as": labels_as,
+                  "cli": cli}
     folder = RunFolder(out, overwrite=args.overwrite, resume=getattr(args, "resume", None) is not None,
                        checkpoint_every=getattr(args, "checkpoint_every", 0))
     result = train(
@@ -67,6 +81,7 @@ def train_from_args(args, dataset, device, elbo: str, out):
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
         out=folder, config=run_config, progress=not args.no_progress, module=getattr(vae, "module", None),
         nonfinite_backoff=getattr(args, "nonfinite_backoff", None), jit=args.jit, compile=args.compile,
+        step=getattr(args, "step", "eager"),
     )
     return vae, result
 
@@ -114,6 +129,7 @@ def resume_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
             setattr(resumed, key, getattr(args, key))
     resumed.download, resumed.no_progress = args.download, args.no_progress
     resumed.jit, resumed.compile = args.jit, args.compile  # speed only: the same numbers either way
+    resumed.step = args.step  # speed only: the same numbers up to float rounding
     resumed.resume, resumed.out, resumed.overwrite, resumed.command = run_dir, str(run_dir), False, "train"
     return resumed
 
@@ -123,7 +139,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     if args.resume is not None:
         args = resume_args(args, parser)
     device = resolve_device(args.device)
-    dataset = load_data(args, device, args.dataset)
+    dataset = labels_by_name(load_data(args, device, args.dataset), args.labels_as)
     model = args.model if args.pair is None else args.pair.rpartition(":")[2]
     out = args.out or f"runs/{args.dataset}-{model}-{args.elbo}-seed{args.seed}"
     vae, result = train_from_args(args, dataset, device, args.elbo, out)
@@ -131,7 +147,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         print(f"run folder: {result.out}")
     if args.evaluate_samples:
         ll = estimate(vae, dataset.test, args.evaluate_samples, 100, args.seed, not args.no_progress,
-                      *test_labels(vae, dataset))
+                      *test_labels(vae, dataset), **dataset.named("test"))
         if is_main():
             save_estimate(ll, dataset.test, dataset.image_shape, Path(out) / "evaluation.json")
             print(ll.format())

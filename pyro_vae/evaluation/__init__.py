@@ -19,8 +19,12 @@ the exact expectation over ``q(y | x)``, as ``TraceEnum_ELBO`` does.
 Particles are drawn in chunks and accumulated with a streaming logsumexp in float64, so memory
 stays bounded whatever ``K`` and the data size.
 
+What is estimated is ``log p(x)`` for a pair that observes ``x`` alone; a pair given
+per-datapoint inputs it does not observe (labels ``y``) has ``log p(x | y)`` estimated, one that
+observes ``y`` too ``log p(x, y)``: each result names its quantity (:func:`estimated_quantity`).
+
 Modules: :mod:`~pyro_vae.evaluation.estimator` (:func:`estimate_log_likelihood`,
-:func:`evaluate_elbo`), :mod:`~pyro_vae.evaluation.result` (:class:`LogLikelihoodResult`),
+:func:`evaluate_elbo`, :func:`estimated_quantity`), :mod:`~pyro_vae.evaluation.result` (:class:`LogLikelihoodResult`),
 :mod:`~pyro_vae.evaluation.comparison` (paired differences on the same datapoints, the data
 fingerprint), :mod:`~pyro_vae.evaluation.files` (standard-JSON result files),
 :mod:`~pyro_vae.evaluation.khat` (how k-hat values read), :mod:`~pyro_vae.evaluation.rng` (seeds
@@ -29,8 +33,8 @@ seeds and processes; particle chunks).
 """
 
 from .comparison import PairedComparison, data_fingerprint
-from .estimator import DEFAULT_BOUND_KS, estimate_log_likelihood, evaluate_elbo
+from .estimator import DEFAULT_BOUND_KS, estimate_log_likelihood, estimated_quantity, evaluate_elbo
 from .result import LogLikelihoodResult
 
 __all__ = ["DEFAULT_BOUND_KS", "LogLikelihoodResult", "PairedComparison", "data_fingerprint",
-           "estimate_log_likelihood", "evaluate_elbo"]
+           "estimate_log_likelihood", "estimated_quantity", "evaluate_elbo"]

@@ -41,6 +41,11 @@ class LogLikelihoodResult:
         data_fingerprint: :func:`~pyro_vae.evaluation.comparison.data_fingerprint` of the
             datapoints (``None`` for a result made by hand); :meth:`compare` pairs only results
             with equal fingerprints.
+        quantity: what was estimated, as the model states it
+            (:func:`~pyro_vae.evaluation.estimator.estimated_quantity`): ``"log p(x)"``, or
+            ``"log p(x | y)"`` for a pair given per-datapoint inputs it does not observe,
+            ``"log p(x, y)"`` for one that observes ``y`` too. Reports written before it was
+            recorded load as ``"log p(x)"``.
     """
 
     log_likelihood: torch.Tensor
@@ -50,11 +55,17 @@ class LogLikelihoodResult:
     pareto_k: torch.Tensor | None = None
     seconds: float = 0.0
     data_fingerprint: str | None = None
+    quantity: str = "log p(x)"
 
     @property
     def num_datapoints(self) -> int:
         """``N``, the number of datapoints estimated."""
         return self.log_likelihood.shape[0]
+
+    @property
+    def estimate_label(self) -> str:
+        """:attr:`quantity` with a hat, as an estimate: ``"log p̂(x | y)"``."""
+        return self.quantity.replace("log p(", "log p̂(", 1)
 
     @property
     def mean(self) -> float:
@@ -126,6 +137,7 @@ class LogLikelihoodResult:
         bounds[str(self.num_samples)] = {"mean": self.mean, "stderr": self.stderr}
         out = {
             "units": "nats per datapoint (log-likelihood; higher is better)",
+            "quantity": self.quantity,
             "num_datapoints": self.num_datapoints,
             "data_fingerprint": self.data_fingerprint,
             "num_samples": self.num_samples,
@@ -182,7 +194,8 @@ class LogLikelihoodResult:
                          {k: torch.tensor(v, dtype=torch.float64) for k, v in bounds.items()},
                          *(torch.tensor(values[c], dtype=torch.float64) if c in values else None
                            for c in ("ess", "pareto_k")),
-                         float(summary.get("seconds") or 0.0), summary.get("data_fingerprint"))
+                         float(summary.get("seconds") or 0.0), summary.get("data_fingerprint"),
+                         str(summary.get("quantity", "log p(x)")))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path} is not a pyro-vae evaluation report (from LogLikelihoodResult.save or "
                              f"pyro-vae evaluate): {type(e).__name__}: {e}") from None
@@ -191,7 +204,7 @@ class LogLikelihoodResult:
     def format(self) -> str:
         """A human-readable summary table (nats per datapoint)."""
         lines = [
-            f"log p̂(x), K = {self.num_samples}, {self.num_datapoints} datapoints: "
+            f"{self.estimate_label}, K = {self.num_samples}, {self.num_datapoints} datapoints: "
             f"{self.mean:.3f} ± {self.stderr:.3f} nats per datapoint (mean ± SE)",
             "  IWAE bounds:   " + "   ".join(
                 f"k={k}: {m:.3f} ± {se:.3f}"

@@ -25,13 +25,16 @@ ELBO_NAMES = ("trace", "meanfield", "iwae", "enum")
 
 
 def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
-             jit: bool = False) -> ELBO:
+             jit: bool = False, data_plate: str = "data") -> ELBO:
     """The objective called ``name`` (see :data:`ELBO_NAMES`) with ``num_particles`` samples, or the
     objective an ELBO object computes (:func:`from_object`; it carries its own settings).
 
     ``max_plate_nesting``: the pair's plate depth (see
     :func:`~pyro_vae.importance.guess_max_plate_nesting`); ``None`` lets the objective guess it
     at its first call, which runs model and guide once more and so draws from the RNGs.
+
+    ``data_plate``: the name of the pair's plate over datapoints (``pyro.plate(data_plate, batch)``),
+    which ``iwae`` needs (its bound is per datapoint); the other objectives do not use it.
 
     Particles are vectorized. For ``trace`` and ``meanfield`` the ``K`` particles are averaged
     (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound. ``enum`` is
@@ -44,17 +47,18 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
 
     Raises:
         ValueError: an unknown name, ``num_particles < 1``, free bits with another objective
-            than ``meanfield``, or ``jit`` with ``enum``.
+            than ``meanfield``, ``jit`` with ``enum``, or an ELBO object whose own ``data_plate``
+            is not ``data_plate``.
         TypeError: ``name`` is neither a name nor a ``pyro.infer.ELBO``, or an object that
             pyro-vae cannot train with (see :func:`from_object`).
     """
     if not isinstance(name, str):
-        return from_object(name, num_particles, free_bits, max_plate_nesting, jit)
+        return from_object(name, num_particles, free_bits, max_plate_nesting, jit, data_plate)
     if jit and name == "enum":
         raise ValueError("jit=True with elbo 'enum': torch.jit.trace cannot record TraceEnum_ELBO on this torch "
                          "(Pyro's JitTraceEnum_ELBO fails the same way, Pyro issue #3338); train it with jit=False")
     if jit:
-        return JitELBO(get_elbo(name, num_particles, free_bits, max_plate_nesting))
+        return JitELBO(get_elbo(name, num_particles, free_bits, max_plate_nesting, data_plate=data_plate))
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
@@ -67,26 +71,28 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
     if name == "meanfield":
         return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "iwae":
-        return IWAE_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        return IWAE_ELBO(num_particles=num_particles, data_plate=data_plate, max_plate_nesting=max_plate_nesting)
     if name == "enum":
         return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     raise unknown_name("ELBO", name, ELBO_NAMES)
 
 
 def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
-                jit: bool = False) -> ELBO:
+                jit: bool = False, data_plate: str = "data") -> ELBO:
     """The objective to train with for an ELBO object ``elbo``: the object itself (its
     ``differentiable_loss`` is what the trainer steps with), except Pyro's ``RenyiELBO(alpha=0)``,
-    which becomes :class:`IWAE_ELBO` with its particles (the same bound, scaled after the
-    logsumexp, and with a ``differentiable_loss``, which Pyro's class lacks). A
-    ``max_plate_nesting`` fills an object's unset (infinite) one, so that it does not guess.
+    which becomes :class:`IWAE_ELBO` with its particles and ``data_plate`` (the same bound, scaled
+    after the logsumexp, and with a ``differentiable_loss``, which Pyro's class lacks). A
+    ``max_plate_nesting`` fills an object's unset (infinite) one, so that it does not guess. An
+    object with its own ``data_plate`` (:class:`IWAE_ELBO`) must name the same plate as ``data_plate``.
 
     Raises:
         TypeError: not a ``pyro.infer.ELBO``; an ELBO without ``differentiable_loss``
             (``TraceGraph_ELBO``, ``RenyiELBO`` with ``alpha != 0``, ...); ``jit`` with Pyro's
             own ``Trace_ELBO`` family (their loss value goes through ``.item()``, which a trace
             freezes) or with ``TraceEnum_ELBO``.
-        ValueError: ``num_particles`` or ``free_bits`` given besides an object that carries its own.
+        ValueError: ``num_particles`` or ``free_bits`` given besides an object that carries its own;
+            an object whose ``data_plate`` differs from ``data_plate``.
     """
     if not isinstance(elbo, ELBO):
         raise TypeError(f"elbo must be a name in {ELBO_NAMES} or a pyro.infer.ELBO instance, not "
@@ -95,12 +101,19 @@ def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_
     if num_particles != 1 and num_particles != elbo.num_particles or free_bits:
         raise ValueError(f"{label} carries its own settings: give num_particles (and free bits, as "
                          f"FreeBitsELBO(...)) to its constructor, not to get_elbo/train")
+    inner = elbo.elbo if isinstance(getattr(elbo, "elbo", None), ELBO) else elbo  # inside a JitELBO too
+    own_plate = getattr(inner, "data_plate", data_plate)
+    if own_plate != data_plate:
+        raise ValueError(f"{label} was built with data_plate={own_plate!r} but data_plate={data_plate!r} was asked "
+                         f"for: name the pair's plate once, the same in both (get_elbo/train(..., "
+                         f"data_plate={own_plate!r}))")
     if isinstance(elbo, pyro.infer.RenyiELBO):
         if elbo.alpha != 0:
             raise TypeError(f"{label}(alpha={elbo.alpha}) has no differentiable_loss, which pyro-vae's trainer "
                             f"steps with; pyro-vae computes alpha=0 (the IWAE bound) as IWAE_ELBO: use "
                             f"RenyiELBO(alpha=0, num_particles=K) or get_elbo(\"iwae\", K)")
-        elbo = IWAE_ELBO(num_particles=elbo.num_particles, max_plate_nesting=max_plate_nesting)
+        elbo = IWAE_ELBO(num_particles=elbo.num_particles, data_plate=data_plate,
+                         max_plate_nesting=max_plate_nesting)
     if not callable(getattr(elbo, "differentiable_loss", None)):
         raise TypeError(f"{label} has no differentiable_loss, which pyro-vae's trainer steps with (it defines "
                         f"only loss/loss_and_grads); use one of {ELBO_NAMES} or Trace_ELBO/TraceEnum_ELBO")

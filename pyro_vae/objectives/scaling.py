@@ -4,17 +4,24 @@ warm-up / annealing (Bowman et al. 2016, Sønderby et al. 2016) and beta-VAEs (H
 
 from __future__ import annotations
 
+import torch
+
 from ..pyro_internals import MessageHook
 
 __all__ = ["scale_latents"]
 
 
 def _latent_scaler(factor):
-    """A message hook that multiplies the scale of every unobserved sample site by ``factor``."""
+    """A message hook that multiplies the scale of every unobserved sample site by ``factor``.
+
+    A site of scale 1 gets ``factor`` itself, not ``1.0 * factor``: with a tensor factor, model and
+    guide sites then carry the *same* tensor, which ``TraceMeanField_ELBO`` recognises as one weight
+    by identity, without reading its value (which a recorded step cannot do)."""
 
     def scale(msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
-            msg["scale"] = msg["scale"] * factor
+            unit = isinstance(msg["scale"], (int, float)) and msg["scale"] == 1.0
+            msg["scale"] = factor if unit and torch.is_tensor(factor) else msg["scale"] * factor
 
     return scale
 

@@ -4,6 +4,7 @@
 module             what it holds
 =================  ===========================================================================
 ``step``           the SVI step: loss, gradients, finiteness check, one optimizer update
+``compiled``       the same step recorded once and compiled (``train(..., step="compiled")``)
 ``state``          the run state: position in the run, RNG states, what a checkpoint holds
 ``checkpoint``     the checkpoint file: written atomically, loaded without running code
 ``run_folder``     the run folder: config.json, metrics.jsonl, checkpoints; load_run

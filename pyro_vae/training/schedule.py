@@ -23,7 +23,8 @@ class KLSchedule:
 
     Args:
         warmup_steps: ``N > 0`` raises the weight of every latent site linearly from ``1/N`` to 1
-            over the first ``N`` SVI steps; 0 is off. Not with ``elbo="iwae"`` nor ``jit``.
+            over the first ``N`` SVI steps; 0 is off. Not with ``elbo="iwae"`` nor ``jit``
+            (``step="compiled"`` takes the factor as an input of the recorded step).
         free_bits: nats per latent dimension (``elbo="meanfield"`` only); 0 is off.
 
     Example:
@@ -47,10 +48,17 @@ class KLSchedule:
             raise ValueError("KL warm-up scales the latent sites only, which has no importance-weighted "
                              "analogue: use elbo 'trace' or 'meanfield' with KL warm-up")
 
-    def wrap(self, model, guide, steps_taken):
+    def wrap(self, model, guide, steps_taken, weight_input=None):
         """``(model, guide)`` with the warm-up factor applied to their latent sites, read from
-        ``steps_taken()`` (the SVI steps taken so far) at every call; the pair itself without warm-up."""
+        ``steps_taken()`` (the SVI steps taken so far) at every call; the pair itself without warm-up.
+
+        ``weight_input``: a 0-d tensor read as the factor instead, which the caller fills with
+        :meth:`weight` before each step (so that a recorded step takes the factor as an input)."""
         if not self.warmup_steps:
             return model, guide
-        weight = lambda: min(1.0, (steps_taken() + 1) / self.warmup_steps)  # noqa: E731
-        return scale_latents(model, weight), scale_latents(guide, weight)
+        factor = (lambda: weight_input) if weight_input is not None else (lambda: self.weight(steps_taken()))
+        return scale_latents(model, factor), scale_latents(guide, factor)
+
+    def weight(self, steps_taken: int) -> float:
+        """The warm-up factor of the step after ``steps_taken`` steps: ``min(1, (steps_taken + 1) / N)``."""
+        return min(1.0, (steps_taken + 1) / self.warmup_steps)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pyro
 import torch
 
-__all__ = ["compile_targets", "compiled_networks", "minibatch_sizes", "record_jit_graphs"]
+__all__ = ["compile_targets", "compiled_networks", "minibatch_sizes", "record_jit_graphs", "recording_batches"]
 
 
 def minibatch_sizes(num_train: int, batch_size: int, steps_per_epoch: int, world: int, rank: int) -> list[int]:
@@ -31,12 +31,19 @@ def record_jit_graphs(objective, model, guide, data, labels: bool, sizes: list[i
     """Record the objective's graph for every minibatch size in ``sizes``, on the first ``n``
     training points, and check it against the eager loss on the last ``n``."""
     for n in sizes:
-        batches = []
-        for part in (slice(0, n), slice(-n, None)):
-            x = data.train[part]
-            x = (x > 0.5).to(x.dtype) if data.binarize else x
-            batches.append((x, data.train_labels[part]) if labels else (x,))
-        objective.compile(model, guide, *batches[0], check=batches[1])
+        first, last = recording_batches(data, labels, n)
+        objective.compile(model, guide, *first, check=last)
+
+
+def recording_batches(data, labels: bool, n: int) -> tuple[tuple, tuple]:
+    """Two minibatches ``(x, *args)`` of ``n`` training points, to record a graph on and to check
+    it on: the first ``n`` points and the last ``n`` (binarized at 0.5 when the data set is)."""
+    batches = []
+    for part in (slice(0, n), slice(-n, None)):
+        x = data.train[part]
+        x = (x > 0.5).to(x.dtype) if data.binarize else x
+        batches.append((x, data.train_labels[part]) if labels else (x,))
+    return batches[0], batches[1]
 
 
 def compile_targets(module: torch.nn.Module | None, model, guide, *args) -> list[torch.nn.Module]:

@@ -4,7 +4,7 @@
 
     for each epoch:
         for each minibatch (drawn on the device, in an order from the run's own generator):
-            one SVI step (pyro_vae.training.step.svi_step)
+            one SVI step (training.step.svi_step; training.compiled with step="compiled")
             every log_interval steps: one host read of the running loss
             every checkpoint_every steps, or on SIGINT/SIGTERM: a checkpoint
         test (and validation) ELBO, metrics line, metrics.jsonl, checkpoint (and best.pt)
@@ -24,15 +24,16 @@ import torch
 
 from .. import distributed
 from ..data import Dataset
-from ..evaluation import estimate_log_likelihood, evaluate_elbo
+from ..evaluation import evaluate_elbo
 from ..optim import scale_learning_rate
 from .checkpoint import save_checkpoint
+from .compiled import BACKEND_OF, CompiledSVIStep
 from .logger import RunLogger, Stopwatch
 from .pictures import write_pictures
 from .run_folder import RunFolder
 from .schedule import KLSchedule
 from .signals import stop_on_signals
-from .speed import compiled_networks, minibatch_sizes, record_jit_graphs
+from .speed import compiled_networks, minibatch_sizes, record_jit_graphs, recording_batches
 from .state import RunState, TrainResult, get_rng_state
 from .step import ELBOLoss, NonFiniteLossError, ddp_loss, explain_nonfinite, svi_step
 
@@ -59,6 +60,7 @@ class TrainerOptions:
     jit: bool = False
     compile: bool | str = False
     data_plate: str = "data"
+    step: str = "eager"
 
 
 class Trainer:
@@ -106,13 +108,20 @@ class Trainer:
             self.state.seed(options.seed, self.rank)
         self.steps_per_epoch = self._steps_per_epoch()
         self._prepare_folder()
-        step_model, step_guide = schedule.wrap(model, guide, lambda: self.state.position.step)
+        steps, compiled = (lambda: self.state.position.step), options.step != "eager"
+        weight = torch.ones((), device=self.device) if compiled and schedule.warmup_steps else None
+        step_model, step_guide = schedule.wrap(model, guide, steps, weight)
         self.loss_fn = ELBOLoss(module, objective, step_model, step_guide)
         if options.jit:
             sizes = minibatch_sizes(self.num_train, options.batch_size, self.steps_per_epoch, self.world, self.rank)
             record_jit_graphs(objective, step_model, step_guide, data, options.labels, sizes)
         if self.world > 1:
             self.loss_fn = ddp_loss(self.loss_fn, self.device)
+        self.svi_step = svi_step  # step="compiled": one graph for the full minibatch, recorded and checked now
+        if compiled:
+            inputs = [(weight, lambda: schedule.weight(steps()))] if weight is not None else []
+            self.svi_step = CompiledSVIStep(self.loss_fn, optim, BACKEND_OF[options.step], inputs).record(
+                *recording_batches(data, options.labels, options.batch_size))
         self.logger = RunLogger(options.elbo, options.epochs, self.steps_per_epoch, options.progress,
                                 folder.path / "tensorboard" if self.writes else None)
 
@@ -184,7 +193,7 @@ class Trainer:
         if self.world > 1:
             index = index.tensor_split(self.world)[self.rank]
         args, named = (self.data.train_labels[index],) if self.options.labels else (), self.data.named("train", index)
-        loss, applied = svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world), **named)
+        loss, applied = self.svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world), **named)
         if not applied:
             self._on_nonfinite(loss, b, x_epoch[index], *args, **named)
             pos.epoch_skipped += 1
@@ -253,12 +262,8 @@ class Trainer:
     def _evaluate(self, x: torch.Tensor, args: tuple, named: dict) -> tuple[float, float]:
         """The one-sample ELBO of ``x`` per datapoint: mean and standard error (nats)."""
         options = self.options
-        if options.data_plate == "data":
-            return evaluate_elbo(self.model, self.guide, x, options.eval_batch_size, *args, distributed=True, **named)
-        # evaluate_elbo's plate is "data": the same estimator (K = 1, no diagnostics, the global RNGs)
-        result = estimate_log_likelihood(self.model, self.guide, x, 1, options.eval_batch_size, *args, bound_ks=(),
-                                         diagnostics=False, data_plate=options.data_plate, distributed=True, **named)
-        return result.mean, result.stderr
+        return evaluate_elbo(self.model, self.guide, x, options.eval_batch_size, *args, distributed=True,
+                             data_plate=options.data_plate, **named)
 
     def _checkpoint(self, name: str = "checkpoint.pt"):
         """Save the current state (every process takes part; the main process writes)."""
