@@ -132,24 +132,9 @@ def load_data(args, device: torch.device, name: str, seed: int = 0):
 
 
 def labels_by_name(dataset: Dataset, name: str | None) -> Dataset:
-    """``dataset`` with its class labels also carried as the named per-datapoint tensor ``name`` of
-    every split (``train_named[name]``, ``test_named[name]``, ...), which :func:`pyro_vae.train`
-    passes by keyword (``model(x, name=labels)``); ``None``: ``dataset`` as it is
-    (``pyro-vae train --labels-as NAME``). A copy; the label tensors are shared, not copied.
-
-    Raises:
-        ValueError: ``name`` is not a Python argument name, or the data set has no labels.
-    """
-    if name is None:
-        return dataset
-    if not name.isidentifier():
-        raise ValueError(f"--labels-as takes the name of the argument of model and guide that receives the labels "
-                         f"(def model(x, y=None): --labels-as y), got {name!r}")
-    if dataset.train_labels is None:
-        raise ValueError(f"--labels-as {name}: the data set {dataset.name!r} has no class labels to pass")
-    named = {f"{split}_named": {**getattr(dataset, f"{split}_named"), name: getattr(dataset, f"{split}_labels")}
-             for split in ("train", "test", "valid") if getattr(dataset, split) is not None}
-    return Dataset(**{**vars(dataset), **named})
+    """``dataset`` with its labels also passed by keyword ``name`` (:meth:`~pyro_vae.data.Dataset.with_labels_as`),
+    for ``pyro-vae train --labels-as NAME``; ``None``: ``dataset`` as it is."""
+    return dataset if name is None else dataset.with_labels_as(name)
 
 
 def model_config(args, dataset) -> dict:

@@ -58,10 +58,10 @@ def _table(args, dataset, device, latent_dim: int, rows: list, out: Path) -> str
     header = (f"{'objective':<10} {'epochs':>6} {'train s':>8} {'test ELBO ± SE':>18} "
               f"{f'{quantity}, K={k} ± SE':>22} {'k-hat>0.7':>9}")
     lines = [
-        f"\n{dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test points, latent "
-        f"{latent_dim}, batch {args.batch_size}, {args.optimizer} lr {args.lr}, device {device}",
-        f"nats per datapoint, higher is better; {quantity} on the first {min(args.num_eval, len(dataset.test))} "
-        "test points",
+        (f"\n{dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test points, latent "
+        f"{latent_dim}, batch {args.batch_size}, {args.optimizer} lr {args.lr}, device {device}"),
+        (f"nats per datapoint, higher is better; {quantity} on the first {min(args.num_eval, len(dataset.test))} "
+        "test points"),
         header, "-" * len(header),
     ]
     for elbo, final, ll in rows:

@@ -10,19 +10,15 @@ shared out over the processes and rank 0 reports.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from ..data import binarize_for, load_dataset
 from ..distributed import is_main, world_size
 from ..evaluation import estimate_log_likelihood
 from ..plots import plot_log_likelihood_diagnostics
-from ..training import load_checkpoint, load_run
-from ..training.run_folder import rebuild_pair
-from .args import add_data_args, labels_by_name, resolve_device
+from ..training import load_run
+from .args import add_data_args, resolve_device
 
-__all__ = ["add_parser", "estimate", "load_cli_run", "run", "save_estimate", "test_labels"]
+__all__ = ["add_parser", "estimate", "run", "save_estimate", "test_labels"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -55,28 +51,6 @@ def estimate(vae, x, num_samples: int, batch_size: int, seed: int, progress: boo
                                    distributed=True, **named)
 
 
-def load_cli_run(run_dir: Path, device, data_dir, download: bool):
-    """:func:`~pyro_vae.training.load_run`, for the runs of ``train --labels-as NAME`` too: their
-    data set carries the labels as the named tensor ``NAME`` (:func:`~.args.labels_by_name`) and
-    the checkpoint is loaded with them. Returns ``(vae, dataset, config)``."""
-    config_path = Path(run_dir) / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    name = config.get("labels_as")
-    if name is None:  # labels positionally or none: load_run does it all (and names a missing config.json)
-        return load_run(run_dir, device, data_dir, download)
-    vae = rebuild_pair(config, run_dir).to(device)
-    likelihood = config.get("likelihood") or config.get("model_config", {}).get("likelihood")
-    dataset = load_dataset(config["dataset"], data_dir, device=device, download=download,
-                           binarize=binarize_for(config["dataset"], likelihood))
-    dataset = labels_by_name(dataset, name)
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2],
-                            **dataset.named("test", slice(2)))
-    if state.get("finished") is False and is_main():
-        print(f"note: {run_dir} is an unfinished run ({state['epoch']} of {config['epochs']} epochs done); "
-              f"finish it with: pyro-vae train --resume {run_dir}", file=sys.stderr)
-    return vae, dataset, config
-
-
 def save_estimate(result, images, image_shape, report: Path) -> Path:
     """Write the JSON report and, beside it, the diagnostics picture (same name, ``.png``)."""
     result.save(report)
@@ -88,7 +62,7 @@ def save_estimate(result, images, image_shape, report: Path) -> Path:
 def run(args, parser) -> int:
     """Estimate log p(x) of the run in ``args.run_dir``; write the report and the picture."""
     device = resolve_device(args.device)
-    vae, dataset, config = load_cli_run(args.run_dir, device, args.data_dir, args.download)
+    vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
     x = dataset.test if args.num_test is None else dataset.test[: args.num_test]
     labels, named = test_labels(vae, dataset, len(x)), dataset.named("test", slice(len(x)))
     if not is_main():  # under torchrun: evaluate this process's minibatches, rank 0 reports

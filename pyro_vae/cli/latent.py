@@ -8,8 +8,9 @@ from pathlib import Path
 from ..latent import latent_manifold, latent_pictures
 from ..models import MODELS
 from ..plots import save_image_grid
+from ..training import load_run
 from .args import add_data_args, resolve_device
-from .evaluate import load_cli_run, test_labels
+from .evaluate import test_labels
 
 __all__ = ["add_parser", "run"]
 
@@ -29,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args, parser) -> int:
     """Write the latent-space pictures of the run in ``args.run_dir``."""
     device = resolve_device(args.device)
-    vae, dataset, config = load_cli_run(args.run_dir, device, args.data_dir, args.download)
+    vae, dataset, config = load_run(args.run_dir, device, args.data_dir, args.download)
     if dataset.image_shape is None:
         raise ValueError(f"{config['dataset']} is not an image data set")
     if dataset.test_named:

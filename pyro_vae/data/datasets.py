@@ -120,6 +120,22 @@ class Dataset:
         }
         return Dataset(**moved)
 
+    def with_labels_as(self, name: str) -> Dataset:
+        """A copy whose splits also carry their class labels as the named tensor ``name``, passed by
+        keyword (``model(x, name=labels)``; ``pyro-vae train --labels-as NAME``); tensors shared.
+
+        Raises:
+            ValueError: ``name`` is not a Python argument name, or the data set has no labels.
+        """
+        if not name.isidentifier():
+            raise ValueError(f"--labels-as takes the name of the argument of model and guide that receives the "
+                             f"labels (def model(x, y=None): --labels-as y), got {name!r}")
+        if self.train_labels is None:
+            raise ValueError(f"--labels-as {name}: the data set {self.name!r} has no class labels to pass")
+        named = {f"{split}_named": {**getattr(self, f"{split}_named"), name: getattr(self, f"{split}_labels")}
+                 for split in ("train", "test", "valid") if getattr(self, split) is not None}
+        return Dataset(**{**vars(self), **named})
+
     def subset(self, num_train: int | None = None, num_test: int | None = None) -> Dataset:
         """The first ``num_train`` training and ``num_test`` test points (for quick runs).
 

@@ -49,10 +49,15 @@ class TraceEnum_ELBO(ValueFromDifferentiableLoss, pyro.infer.TraceEnum_ELBO):
         """
         elbo = 0.0
         for model_trace, guide_trace in elbo_traces(self, model, guide, args, kwargs):
-            particle = compute_dice_elbo(model_trace, guide_trace)
+            particle = self.particle_elbo(model_trace, guide_trace, kwargs)
             if not is_identically_zero(particle):
                 elbo = elbo + particle
         if not torch.is_tensor(elbo) or not elbo.requires_grad:
-            raise ValueError(f"TraceEnum_ELBO: the ELBO ({elbo}) does not depend on any parameter of the "
-                             f"pair: nothing to train (are the model's and guide's parameters pyro.param/PyroModule?)")
+            raise ValueError(f"{type(self).__name__}: the objective ({elbo}) does not depend on any parameter of "
+                             f"the pair: nothing to train (are the model's and guide's parameters pyro.param/PyroModule?)")
         return -elbo / self.num_particles
+
+    def particle_elbo(self, model_trace, guide_trace, kwargs: dict):
+        """The objective of one (vectorized) particle's traces: Pyro's Dice ELBO (nats, summed over
+        the batch). Subclasses add terms here (:class:`~pyro_vae.objectives.SemiSupervisedELBO`)."""
+        return compute_dice_elbo(model_trace, guide_trace)

@@ -5,7 +5,6 @@ command line use to build an objective from its settings (a name, or an ELBO obj
 from __future__ import annotations
 
 import copy
-
 import math
 
 import pyro.infer

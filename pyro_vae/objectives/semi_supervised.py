@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from ..pyro_internals import compute_dice_elbo, elbo_traces, is_identically_zero
 from .enum import TraceEnum_ELBO
 
 __all__ = ["SemiSupervisedELBO"]
@@ -47,17 +46,10 @@ class SemiSupervisedELBO(TraceEnum_ELBO):
         super().__init__(**kwargs)
         self.alpha, self.classifier_site, self.labels = float(alpha), classifier_site, labels
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """The loss :math:`-\\mathcal{J}^\\alpha` (nats summed over the batch) as a device tensor."""
-        elbo = 0.0
-        for model_trace, guide_trace in elbo_traces(self, model, guide, args, kwargs):
-            particle = compute_dice_elbo(model_trace, guide_trace)
-            if not is_identically_zero(particle):
-                elbo = elbo + particle
-            elbo = elbo + self.alpha * self._classifier_term(guide_trace, kwargs.get(self.labels))
-        if not torch.is_tensor(elbo) or not elbo.requires_grad:
-            raise ValueError(f"SemiSupervisedELBO: the objective ({elbo}) does not depend on any parameter")
-        return -elbo / self.num_particles
+    def particle_elbo(self, model_trace, guide_trace, kwargs: dict):
+        """``TraceEnum_ELBO``'s Dice ELBO of the particle plus ``alpha`` times its classifier term (nats)."""
+        return super().particle_elbo(model_trace, guide_trace, kwargs) + self.alpha * self._classifier_term(
+            guide_trace, kwargs.get(self.labels))
 
     def _classifier_term(self, guide_trace, y: torch.Tensor | None):
         """``sum over labelled rows of log q(y_n | x_n)`` (nats), read from the classifier site's

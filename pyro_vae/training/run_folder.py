@@ -168,8 +168,11 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", data_dir=N
     config = json.loads(config_path.read_text())
     vae = rebuild_pair(config, run_dir).to(device)
     dataset = _run_dataset(config, run_dir, device, data_dir, download)
+    if config.get("labels_as"):  # pyro-vae train --labels-as NAME: the labels go by keyword
+        dataset = dataset.with_labels_as(config["labels_as"])
     labels = (dataset.test_labels[:2],) if vae.needs_labels else ()
-    state = load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2], *labels)
+    state = load_checkpoint(run_dir / "checkpoint.pt", vae.model, vae.guide, dataset.test[:2], *labels,
+                            **dataset.named("test", slice(2)))
     if state.get("finished") is False and distributed.is_main():
         print(f"note: {run_dir} is an unfinished run ({state['epoch']} of {config['epochs']} epochs done); "
               f"finish it with: pyro-vae train --resume {run_dir}", file=sys.stderr)
