@@ -4,10 +4,18 @@ Training: the step that :func:`pyro_vae.train` runs (``pyro_vae.training.svi_ste
 params, Pyro's ELBO and its gradients, the finiteness check, the optimizer) against a
 hand-written step (the same encoder/decoder modules and initial weights, reparameterized draws,
 closed-form log-densities, ``torch.optim.Adam``), for Trace_ELBO, TraceMeanField_ELBO and IWAE
-(k = 5) at batch sizes 100 and 1024, and for each way of running the toolkit:
+(k = 5), for two networks (``--setting``: ``small``, 784-64-8 at batch 32, where the per-step
+overhead shows; ``paper``, the 784-500-20 MLP of the papers at batch 100 and 1024), and for each
+way of running the toolkit (all with Pyro's validation off, as in ``train()``'s step loop):
 
-* ``eager``: what ``train()`` does by default (the ELBO every step, the loss kept on the device,
-  one fused Adam);
+* ``eager``: ``train(step="eager")`` (the ELBO every step, the loss kept on the device, one
+  fused Adam), what ``train()`` runs for runs shorter than ``AUTO_MIN_STEPS``;
+* ``compiled``: ``train(step="compiled")``, what ``train()`` runs for long runs: the whole step
+  recorded once and compiled by inductor (:mod:`pyro_vae.training.compiled`); its row records the
+  set-up time (recording, compiling, checking) as ``setup_s``, and the table the break-even point
+  against ``eager`` in steps (``--quick`` replays the recorded graph instead: ``compiled:replay``);
+* ``pyro-svi``: plain Pyro, as its tutorials write it: ``SVI(model, guide, pyro.optim.Adam,
+  Trace_ELBO())`` and ``svi.step(x)`` (``TraceMeanField_ELBO``; ``RenyiELBO(alpha=0)`` for IWAE);
 * ``jit``: ``train(jit=True)`` / ``--jit`` (:class:`pyro_vae.objectives.JitELBO`);
 * ``compile``: ``train(compile=True)`` / ``--compile`` (``torch.compile`` of the networks);
 * ``pyro-optim``: eager with ``pyro.optim.Adam`` (one optimizer per parameter, as before);
@@ -58,16 +66,23 @@ import eval_throughput  # noqa: E402  (the evaluation half of the benchmark)
 import pyro_vae  # noqa: E402
 from pyro_vae.cli.args import add_experiment_args  # noqa: E402
 from pyro_vae.data import load_dataset  # noqa: E402
-from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
+from pyro.infer import (JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO,  # noqa: E402
+                         TraceMeanField_ELBO)
 from pyro_vae.objectives import get_elbo  # noqa: E402
 from pyro_vae.optim import build_torch_optimizer, make_optimizer  # noqa: E402
 from pyro_vae.training import ELBOLoss, svi_step  # noqa: E402  (exactly what train() runs)
+from pyro_vae.training.compiled import CompiledSVIStep  # noqa: E402
 from pyro_vae.training.speed import compile_targets, compiled_networks  # noqa: E402
 
 OBJECTIVES = {"trace": 1, "meanfield": 1, "iwae": 5}  # name -> particles
-VARIANTS = ("eager", "jit", "compile", "pyro-optim", "pyro-jit", "pyro-elbo")
+VARIANTS = ("eager", "compiled", "jit", "compile", "pyro-optim", "pyro-jit", "pyro-elbo", "pyro-svi")
 PYRO_CLASSES = {"pyro-jit": {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO},
-                "pyro-elbo": {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}}  # Pyro has no IWAE of these
+                "pyro-elbo": {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO},  # Pyro has no IWAE of these
+                "pyro-svi": {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO,
+                             "iwae": lambda **kw: RenyiELBO(alpha=0.0, **kw)}}
+SETTINGS = {"small": {"hidden_dim": 64, "latent_dim": 8, "batch_sizes": [32]},
+            "paper": {"hidden_dim": 500, "latent_dim": 20, "batch_sizes": [100, 1024]}}
+"""``--setting``: the network (784-hidden-latent MLP VAE) and its batch sizes."""
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -130,21 +145,43 @@ def _toolkit_objective(variant: str, objective: str, k: int):
     return get_elbo(objective, k, max_plate_nesting=1, jit=variant == "jit")
 
 
+def _toolkit_steps(variant: str, vae, elbo, loss_fn, optim, batches) -> tuple:
+    """``(run(n), setup seconds)``: ``n`` steps of the variant, and what preparing it cost."""
+    start = time.perf_counter()
+    step = svi_step
+    if variant == "jit":
+        elbo.compile(vae.model, vae.guide, batches[0])  # as train(jit=True) does before its first step
+    elif variant.startswith("compiled"):  # as train(step="compiled") does before its first step
+        step = CompiledSVIStep(loss_fn, optim, "replay" if variant.endswith("replay") else "inductor")
+        with pyro.validation_enabled(False):
+            step.record((batches[0],), (batches[1],))
+        if step.reason is not None:
+            raise RuntimeError(f"the compiled step fell back to eager: {step.reason}")
+    elif variant == "pyro-svi":
+        svi = pyro.infer.SVI(vae.model, vae.guide, optim, elbo)
+
+        def run_svi(n):
+            for i in range(n):
+                svi.step(batches[i % len(batches)])
+        return run_svi, time.perf_counter() - start
+
+    def run(n):
+        for i in range(n):
+            step(loss_fn, optim, batches[i % len(batches)])
+    return run, time.perf_counter() - start
+
+
 def bench_steps(data, device, batch_size: int, objective: str, variant: str, args) -> dict:
     k = OBJECTIVES[objective]
     vae, encoder, decoder = _pairs(args, device)
     elbo = _toolkit_objective(variant, objective, k)
     loss_fn = ELBOLoss(vae, elbo, vae.model, vae.guide)
-    optim = pyro.optim.Adam({"lr": 1e-3}) if variant == "pyro-optim" else make_optimizer("adam", 1e-3)
+    pyro_adam = variant in ("pyro-optim", "pyro-svi")
+    optim = pyro.optim.Adam({"lr": 1e-3}) if pyro_adam else make_optimizer("adam", 1e-3)
     batches = [torch.bernoulli(data[i * batch_size : (i + 1) * batch_size]) for i in range(len(data) // batch_size)]
-    if variant == "jit":
-        elbo.compile(vae.model, vae.guide, batches[0])  # as train(jit=True) does before its first step
     hand = {fused: (e, d, _adam(list(e.parameters()) + list(d.parameters()), fused))
             for fused, (e, d) in ((False, (encoder, decoder)), (True, copy.deepcopy((encoder, decoder))))}
-
-    def ours(n):
-        for i in range(n):
-            svi_step(loss_fn, optim, batches[i % len(batches)])
+    ours, setup_s = _toolkit_steps(variant, vae, elbo, loss_fn, optim, batches)
 
     def handwritten(fused):
         enc, dec, adam = hand[fused]
@@ -156,7 +193,8 @@ def bench_steps(data, device, batch_size: int, objective: str, variant: str, arg
                 adam.step()
         return run
 
-    row = {"batch_size": batch_size, "objective": objective, "num_particles": k, "variant": variant}
+    row = {"batch_size": batch_size, "objective": objective, "num_particles": k, "variant": variant,
+           "setup_s": setup_s}
     fns = {"toolkit": ours, "handwritten": handwritten(False), "handwritten_fused": handwritten(True)}
     with contextlib.ExitStack() as stack:
         stack.enter_context(pyro.validation_enabled(False))  # as in train()'s step loop
@@ -164,7 +202,8 @@ def bench_steps(data, device, batch_size: int, objective: str, variant: str, arg
             stack.enter_context(compiled_networks(compile_targets(vae, vae.model, vae.guide, batches[0][:2]), True))
         with torch.no_grad():  # both compute the same bound: mean over 20 draws at the initial weights, nats/datapoint
             x = batches[0]
-            row["toolkit_loss_per_point"] = statistics.mean(float(loss_fn(x)) for _ in range(20)) / len(x)
+            loss = (lambda: elbo.loss(vae.model, vae.guide, x)) if variant == "pyro-svi" else (lambda: float(loss_fn(x)))
+            row["toolkit_loss_per_point"] = statistics.mean(loss() for _ in range(20)) / len(x)
             row["handwritten_loss_per_point"] = statistics.mean(
                 float(handwritten_loss(encoder, decoder, x, objective, k)) for _ in range(20)) / len(x)
         for name, fn in fns.items():
@@ -189,7 +228,8 @@ def bench_epoch(train_data, device, batch_size: int, objective: str, variant: st
     def ours():
         vae, _, _ = _pairs(args, device)
         result = pyro_vae.train(vae.model, vae.guide, dataset, elbo=objective, num_particles=k, batch_size=batch_size,
-                                epochs=1, progress=False, jit=variant == "jit", compile=variant == "compile")
+                                epochs=1, progress=False, jit=variant == "jit", compile=variant == "compile",
+                                step="compiled" if variant == "compiled" else "eager")
         return result.train_seconds
 
     def handwritten(fused):
@@ -257,10 +297,33 @@ def measure(device: torch.device, args) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim,
-        "steps": steps, "epochs": epochs, "evaluation": evaluation,
+        "setting": args.setting, "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim,
+        "steps": steps, "compiled_break_even": break_even(steps), "epochs": epochs, "evaluation": evaluation,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def with_setting(args, name: str) -> argparse.Namespace:
+    """``args`` with the network and batch sizes of the setting ``name`` (:data:`SETTINGS`)."""
+    setting = SETTINGS[name]
+    return argparse.Namespace(**{**vars(args), "setting": name, "hidden_dim": setting["hidden_dim"],
+                                 "latent_dim": setting["latent_dim"],
+                                 "batch_sizes": args.batch_sizes or setting["batch_sizes"]})
+
+
+def break_even(steps: list[dict]) -> list[str]:
+    """For each compiled row, the steps after which its set-up is paid back by the faster steps
+    against the eager row of the same batch size and objective (``None`` when it is not faster)."""
+    eager = {(r["batch_size"], r["objective"]): r for r in steps if r["variant"] == "eager"}
+    lines = []
+    for r in steps:
+        e = eager.get((r["batch_size"], r["objective"]))
+        if r["variant"].startswith("compiled") and e is not None:
+            saved_ms = e["toolkit_ms_per_step"] - r["toolkit_ms_per_step"]
+            r["break_even_steps"] = math.ceil(1000 * r["setup_s"] / saved_ms) if saved_ms > 0 else None
+            lines.append(f"b{r['batch_size']} {r['objective']} {r['variant']}: set-up {r['setup_s']:.1f} s, "
+                         f"{saved_ms:.2f} ms saved a step, break-even after {r['break_even_steps']} steps")
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -269,13 +332,22 @@ def markdown(report: dict) -> str:
              "same Adam implementation as the toolkit (fused kernel); in brackets against torch's default Adam. "
              "Medians of interleaved repeats, warm-up excluded. MNIST MLP VAE.", ""]
     for m in report["measurements"]:
-        lines += [f"## {m['device']} ({m['device_name']}, {m['threads']} threads), latent {m['latent_dim']}, "
-                  f"hidden {m['hidden_dim']}", "",
+        lines += [f"## {m['device']} ({m['device_name']}, {m['threads']} threads), setting {m['setting']}: "
+                  f"784-{m['hidden_dim']}-{m['latent_dim']}", "",
                   "| batch | objective | variant | toolkit ms/step | hand-written ms/step (fused Adam / default Adam) | ratio (vs default Adam) |",
                   "|---:|---|---|---:|---:|---:|"]
         lines += [f"| {r['batch_size']} | {r['objective']} | {r['variant']} | {r['toolkit_ms_per_step']:.2f} | "
                   f"{r['handwritten_fused_ms_per_step']:.2f} / {r['handwritten_ms_per_step']:.2f} | "
                   f"{r['ratio']:.3f} ({r['ratio_vs_default_adam']:.3f}) |" for r in m["steps"]]
+        pyro_svi = {(r["batch_size"], r["objective"]): r["toolkit_ms_per_step"] for r in m["steps"]
+                    if r["variant"] == "pyro-svi"}
+        against = [f"b{r['batch_size']} {r['objective']} {r['variant']} {r['toolkit_ms_per_step'] / ms:.3f}"
+                   for r in m["steps"] for key, ms in pyro_svi.items()
+                   if (r["batch_size"], r["objective"]) == key and r["variant"] != "pyro-svi"]
+        if against:
+            lines += ["", "Step time / plain Pyro `SVI(Trace_ELBO)` step time: " + ", ".join(against) + "."]
+        if m.get("compiled_break_even"):
+            lines += ["", "Compiled step: " + "; ".join(m["compiled_break_even"]) + "."]
         if m["epochs"]:
             lines += ["", "| batch | objective | variant | training points | toolkit s/epoch | hand-written s/epoch (fused / default Adam) | ratio (vs default Adam) |",
                       "|---:|---|---|---:|---:|---:|---:|"]
@@ -300,9 +372,11 @@ def markdown(report: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", action="append", choices=["cpu", "cuda"], help="repeatable (default: cpu, and cuda if available)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1024])
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="ways of running the toolkit's step")
-    p.add_argument("--epoch-variants", nargs="+", choices=VARIANTS[:3], default=["eager", "jit"],
+    p.add_argument("--setting", action="append", choices=sorted(SETTINGS),
+                   help="repeatable: the network and batch sizes (default: small and paper; see SETTINGS)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="instead of each setting's own")
+    p.add_argument("--variants", nargs="+", choices=(*VARIANTS, "compiled:replay"), default=list(VARIANTS), help="ways of running the toolkit's step")
+    p.add_argument("--epoch-variants", nargs="+", choices=VARIANTS[:4], default=["eager", "jit"],
                    help="ways of running train() timed over full epochs")
     p.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
     p.add_argument("--warmup-steps", type=int, default=10)
@@ -311,19 +385,19 @@ def main(argv=None):
     p.add_argument("--epoch-points", type=int, default=None, help="training points per epoch (default: all 60000)")
     p.add_argument("--eval-points", type=int, default=1000)
     p.add_argument("--eval-samples", type=int, default=1000)
-    p.add_argument("--latent-dim", type=int, default=20)
-    p.add_argument("--hidden-dim", type=int, default=500)
     add_experiment_args(p, out="results/benchmark.json", quick="tiny sizes, for the tests", device=False, seed=False,
                         jit=False)
     args = p.parse_args(argv)
-    if args.quick:
-        args.batch_sizes, args.steps, args.warmup_steps, args.repeats = [100], 5, 2, 1
-        args.variants, args.epoch_variants = ["eager", "jit", "pyro-optim", "pyro-elbo"], ["jit"]
+    if args.quick:  # the compiled variant replays its recorded graph here (no compiler: seconds, not a minute)
+        args.setting, args.batch_sizes, args.steps, args.warmup_steps, args.repeats = ["small"], [100], 5, 2, 1
+        args.variants = ["eager", "compiled:replay", "jit", "pyro-optim", "pyro-elbo", "pyro-svi"]
+        args.epoch_variants = ["jit"]
         args.epoch_repeats, args.epoch_points, args.eval_points, args.eval_samples = 1, 1000, 20, 100
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     report = {"what": "ms per training step and s per epoch, toolkit vs hand-written PyTorch; evaluation throughput",
               "torch": torch.__version__, "pyro": pyro.__version__, "quick": args.quick,
-              "measurements": [measure(torch.device(d), args) for d in devices]}
+              "measurements": [measure(torch.device(d), with_setting(args, name))
+                               for d in devices for name in args.setting or ["small", "paper"]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     args.out.with_suffix(".md").write_text(markdown(report))

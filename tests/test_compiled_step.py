@@ -148,9 +148,9 @@ class CountingVAE(VAE):
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(z) / (1 + 0.1 * self.calls)).to_event(1), obs=x)
 
 
-@pytest.mark.parametrize("cls, why", [(BranchVAE, "RuntimeError: .*value out of a tracing tensor"),
+@pytest.mark.parametrize("cls, why", [(BranchVAE, "RuntimeError: the step reads a tensor.s value in Python at test_compiled_step.py:[0-9]+ .model."),
                                       (CountingVAE, "ValueError: the recorded step's loss on another minibatch")])
-def test_a_pair_that_cannot_be_recorded_runs_eager_with_one_line_saying_why(cls, why):
+def test_a_pair_that_cannot_be_recorded_runs_eager_with_one_line_saying_why(cls, why, tmp_path):
     vae = fresh_vae(cls)
     expected = None
     if cls is BranchVAE:
@@ -158,8 +158,10 @@ def test_a_pair_that_cannot_be_recorded_runs_eager_with_one_line_saying_why(cls,
         expected, vae = params(), fresh_vae(cls)
     patch, calls = counting()
     with patch, pytest.warns(CompiledStepWarning) as caught:
-        train(vae.model, vae.guide, data(), step="compiled:replay", **SETTINGS)
+        train(vae.model, vae.guide, data(), step="compiled:replay", out=tmp_path, **SETTINGS)
     lines = [str(w.message) for w in caught if "step='compiled'" in str(w.message)]
+    config = json.loads((tmp_path / "config.json").read_text())  # the run says what it did, and why
+    assert config["step_used"] == "eager" and config["step_reason"] in lines[0]
     assert len(lines) == 1 and "\n" not in lines[0] and "runs eager" in lines[0], lines
     assert __import__("re").search(why, lines[0]), lines[0]
     assert calls[0] == 0
@@ -188,21 +190,193 @@ def test_a_nonfinite_step_is_not_applied():
 
 
 @pytest.mark.parametrize("settings, what", [
-    ({"elbo": "enum"}, "elbo 'enum'"),
-    ({"elbo": pyro.infer.Trace_ELBO()}, "elbo"),
     ({"optimizer": "adagrad"}, "optimizer 'adagrad'"),
     ({"optimizer": pyro.optim.Adam({"lr": 1e-3})}, "optimizer 'PyroOptim'"),
-    ({"elbo": "meanfield", "schedule": KLSchedule(free_bits=0.1)}, "free bits"),
     ({"jit": True}, "jit"),
 ])
 def test_unsupported_settings_are_refused_before_any_step(settings, what):
     vae = fresh_vae()
     with mock.patch("pyro_vae.training.trainer.Trainer.fit") as fit, \
-            pytest.raises(ValueError, match=f"step='compiled' does not support .*{what}.*it supports elbo trace"):
+            pytest.raises(ValueError, match=f"step='compiled' does not support .*{what}.*it supports the optimizer"):
         train(vae.model, vae.guide, data(), step="compiled", **{**SETTINGS, **settings})
     fit.assert_not_called()
-    with pytest.raises(ValueError, match="step must be one of eager, compiled"):
+    with pytest.raises(ValueError, match="step must be one of auto, eager, compiled"):
         train(vae.model, vae.guide, data(), step="fast", **SETTINGS)
+
+
+def assert_replay_is_eager(**settings):
+    """The eager run and the compiled:replay run of the same settings: every loss, parameter and
+    the final RNG state bitwise equal, with the full minibatches replayed."""
+    eager, eager_params, eager_rng, _ = run("eager", epochs=2, **settings)
+    replayed, replayed_params, replayed_rng, replays = run("compiled:replay", epochs=2, **settings)
+    assert replays == 4
+    assert [c["train_elbo"] for c in replayed.curve] == [c["train_elbo"] for c in eager.curve]
+    assert all(torch.equal(eager_params[k], replayed_params[k]) for k in eager_params)
+    assert torch.equal(replayed_rng, eager_rng)
+
+
+def test_free_bits_and_elbo_objects_of_ours_are_recorded():
+    assert_replay_is_eager(elbo="meanfield", schedule=KLSchedule(free_bits=0.3))
+    from pyro_vae.objectives import IWAE_ELBO
+    assert_replay_is_eager(elbo=IWAE_ELBO(num_particles=3, max_plate_nesting=1))
+
+
+K = 3
+
+
+class MixturePriorVAE(VAE):
+    """A Gaussian-mixture prior with the component enumerated, as Pyro users write it."""
+
+    @pyro.infer.config_enumerate
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        means = torch.linspace(-2, 2, K).unsqueeze(-1).expand(K, self.latent_dim)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(logits=x.new_zeros(K)))
+            z = pyro.sample("z", dist.Normal(means[c], 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    @pyro.infer.config_enumerate
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        loc, scale = self.encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(logits=loc[..., :K]))
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+class LabelledVAE(VAE):
+    """A conditional decoder input passed by keyword (``model(x, y=...)``)."""
+
+    def model(self, x, y=None):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            logits = self.decoder(z) + y.unsqueeze(-1)
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x, y=None):
+        super().guide(x)
+
+
+def test_named_arguments_are_inputs_of_the_recorded_step():
+    from pyro_vae.data import Dataset
+
+    y = torch.randn(N, generator=torch.Generator().manual_seed(5))
+    labelled = Dataset(name="tensor", train=data(), test=None, image_shape=None, likelihood=None,
+                       train_named={"y": y})
+    results = []
+    for step in ("eager", "compiled:replay"):
+        vae = fresh_vae(LabelledVAE)
+        patch, calls = counting()
+        with patch, warnings.catch_warnings():
+            warnings.simplefilter("error", CompiledStepWarning)
+            results.append((train(vae.model, vae.guide, labelled, step=step, **SETTINGS), params(), calls[0]))
+    (eager, eager_params, _), (replayed, replayed_params, replays) = results
+    assert replays == 2 * EPOCHS
+    assert [c["train_elbo"] for c in replayed.curve] == [c["train_elbo"] for c in eager.curve]
+    assert all(torch.equal(eager_params[k], replayed_params[k]) for k in eager_params)
+
+
+class AlternatingVAE(VAE):
+    """Python state that changes the site structure: an auxiliary site on every other call (the
+    checker refuses it; here the compiled step meets it directly)."""
+
+    calls = 0
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        self.calls += 1
+        with pyro.plate("data", x.shape[0]):
+            if self.calls % 2:
+                pyro.sample("aux", dist.Normal(x.new_zeros(()), 1.0), obs=x.new_zeros(x.shape[0]))
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+
+def test_a_step_whose_sites_change_between_minibatches_is_not_used():
+    vae = fresh_vae(AlternatingVAE)
+    loss_fn = ELBOLoss(None, get_elbo("trace", 1, 0.0, 1), vae.model, vae.guide)
+    x, optim = data(), make_optimizer("adam", 1e-3)
+    with pytest.warns(CompiledStepWarning):
+        step = CompiledSVIStep(loss_fn, optim, backend="replay").record((x[:B],), (x[-B:],))
+    assert __import__("re").fullmatch("ValueError: the pair's sites differ between two minibatches of the same shape "
+                                      r"\(site 'aux' .*\): its structure depends on the data", step.reason), step.reason
+    step(loss_fn, optim, x[:B])
+    assert step.replays == 0
+
+
+@pytest.mark.parametrize("cls, elbo, why", [
+    # Pyro's Trace_ELBO forms its loss value with .item(); TraceEnum_ELBO's Dice expectation tests
+    # `mask.all()` (pyro/infer/util.py): both run eager, naming the place
+    (VAE, pyro.infer.Trace_ELBO(), "RuntimeError: the step reads a tensor's value in Python at "
+                                   "pyro/infer/util.py:[0-9]+ \\(torch_item\\) from pyro/infer/trace_elbo.py"),
+    (MixturePriorVAE, "enum", "RuntimeError: the step reads a tensor's value in Python at "
+                              "pyro/infer/util.py:[0-9]+ \\(compute_expectation\\)"),
+])
+def test_a_pair_whose_step_is_not_static_runs_eager_naming_why(cls, elbo, why):
+    vae = fresh_vae(cls)
+    patch, calls = counting()
+    with patch, pytest.warns(CompiledStepWarning) as caught:
+        train(vae.model, vae.guide, data(), elbo=elbo, step="compiled:replay", **SETTINGS)
+    lines = [str(w.message) for w in caught]
+    assert len(lines) == 1 and __import__("re").search(why, lines[0]), lines
+    assert calls[0] == 0
+
+
+def test_auto_compiles_a_long_run_and_not_a_short_one(tmp_path, monkeypatch):
+    from pyro_vae.training import step_mode
+
+    assert step_mode.choose_step("auto", remaining_steps=10**6, optimizer="adam", world=1, jit=False,
+                                 compile=False)[0] == "compiled"
+    mode, why = step_mode.choose_step("auto", remaining_steps=10**6, optimizer="adagrad", world=1, jit=False,
+                                      compile=False)
+    assert mode == "eager" and "optimizer 'adagrad'" in why
+    mode, why = step_mode.choose_step("auto", remaining_steps=step_mode.AUTO_MIN_STEPS - 1, optimizer="adam",
+                                      world=1, jit=False, compile=False)
+    assert mode == "eager" and f"{step_mode.AUTO_MIN_STEPS - 1} steps left" in why
+    mode, why = step_mode.choose_step("auto", remaining_steps=10**6, optimizer="adam", world=1, jit=False,
+                                      compile=False, device_type="cuda")
+    assert mode == "eager" and "eager on cuda" in why  # not yet checked on a GPU
+    # this run has 3 epochs x 3 steps left: eager by default, compiled with the bar lowered to 9
+    # (inductor compiles the graph of the module's fixture again: a cache hit)
+    for bar, used in ((10, "eager"), (9, "compiled")):
+        monkeypatch.setattr(step_mode, "AUTO_MIN_STEPS", bar)
+        vae = fresh_vae()
+        patch, calls = counting()
+        with patch:
+            train(vae.model, vae.guide, data(), out=tmp_path / used, **SETTINGS)
+        config = json.loads((tmp_path / used / "config.json").read_text())
+        assert (config["step"], config["step_used"], calls[0]) == ("auto", used, 0 if used == "eager" else 2 * EPOCHS)
+        assert config["step_reason"].startswith(f"step='auto' {'runs eager' if used == 'eager' else 'compiles'}")
+
+
+def test_auto_resumes_a_run_in_the_mode_it_used(tmp_path, monkeypatch, capsys):
+    from pyro_vae.training import step_mode
+
+    monkeypatch.setattr(step_mode, "AUTO_MIN_STEPS", 1)  # 3 steps left: compiled
+    vae = fresh_vae()
+    train(vae.model, vae.guide, data(), out=RunFolder(tmp_path), **{**SETTINGS, "epochs": 1})
+    assert json.loads((tmp_path / "config.json").read_text())["step_used"] == "compiled"
+    monkeypatch.setattr(step_mode, "AUTO_MIN_STEPS", 10**6)  # a fresh run this short would be eager
+    vae = fresh_vae()
+    patch, calls = counting()
+    with patch:
+        train(vae.model, vae.guide, data(), out=RunFolder(tmp_path, resume=True), **SETTINGS)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["step_used"], calls[0]) == ("compiled", 2 * (EPOCHS - 1))
+    assert "continues the run in the mode it used" in config["step_reason"]
+    assert "not bitwise" not in capsys.readouterr().out
+
+
+def test_a_resume_that_changes_the_step_mode_says_so(tmp_path, capsys):
+    vae = fresh_vae()
+    train(vae.model, vae.guide, data(), out=RunFolder(tmp_path), step="eager", **{**SETTINGS, "epochs": 1})
+    vae = fresh_vae()
+    train(vae.model, vae.guide, data(), out=RunFolder(tmp_path, resume=True), step="compiled:replay", **SETTINGS)
+    out = capsys.readouterr().out
+    assert "resumed with step 'compiled:replay', the run so far used 'eager'" in out
+    assert "not bitwise" in out
 
 
 def test_the_cli_takes_step_and_lets_a_resume_change_it():
@@ -211,7 +385,8 @@ def test_the_cli_takes_step_and_lets_a_resume_change_it():
 
     parser = build_parser()
     assert parser.parse_args(["train", "--step", "compiled"]).step == "compiled"
-    assert parser.parse_args(["train"]).step == "eager"
+    assert parser.parse_args(["train"]).step == "auto"
+    assert parser.parse_args(["train", "--eager"]).step == "eager"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--step", "fast"])
     assert "step" in CLI_RESUME_FLAGS  # speed only, like --jit and --compile

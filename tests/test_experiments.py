@@ -153,8 +153,15 @@ def check_benchmark(report):
         for row in m["steps"]:  # every variant computes the hand-written bound (20 draws at the same weights)
             assert row["toolkit_loss_per_point"] == pytest.approx(row["handwritten_loss_per_point"], abs=2.0)
         assert {(r["objective"], r["variant"]) for r in m["steps"]} == {
-            (o, v) for o in ("trace", "meanfield", "iwae") for v in ("eager", "jit", "pyro-optim")} | {
-            ("trace", "pyro-elbo"), ("meanfield", "pyro-elbo")}  # Pyro has no IWAE class
+            (o, v) for o in ("trace", "meanfield", "iwae")
+            for v in ("eager", "compiled:replay", "jit", "pyro-optim", "pyro-svi")} | {
+            ("trace", "pyro-elbo"), ("meanfield", "pyro-elbo")}  # Pyro has no IWAE class of these
+        for row in m["steps"]:  # break-even: the set-up time over the time saved a step against eager
+            if row["variant"] == "compiled:replay":
+                eager = next(r for r in m["steps"] if r["variant"] == "eager" and r["objective"] == row["objective"])
+                saved_ms = eager["toolkit_ms_per_step"] - row["toolkit_ms_per_step"]
+                expected = math.ceil(1000 * row["setup_s"] / saved_ms) if saved_ms > 0 else None
+                assert row["break_even_steps"] == expected and row["setup_s"] > 0
         check_eval_throughput({"measurements": [m["evaluation"]]})
 
 

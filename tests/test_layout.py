@@ -103,7 +103,7 @@ def test_public_names_are_importable_from_their_package():
 
 
 TRAINING_ORDER = {"step": 0, "checkpoint": 0, "signals": 0, "logger": 0, "schedule": 0, "speed": 0, "pictures": 0,
-                  "state": 1, "compiled": 1, "run_folder": 1, "trainer": 2, "api": 3}
+                  "step_mode": 0, "recording": 0, "state": 1, "compiled": 1, "run_folder": 1, "trainer": 2, "api": 3}
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING_ORDER))

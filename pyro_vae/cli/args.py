@@ -102,9 +102,12 @@ def add_optimization_args(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="compile the loss with torch.jit.trace (static pairs; checked against the eager loss first)")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the networks (optional MODE: reduce-overhead uses CUDA graphs, max-autotune)")
-    p.add_argument("--step", default="eager", choices=("eager", "compiled"),
-                   help="compiled: record the whole SVI step once and compile it with inductor (faster steps after "
-                        "a 10-60 s compile; elbo trace/meanfield/iwae with adam only; see pyro_vae.training.compiled)")
+    p.add_argument("--step", default="auto", choices=("auto", "eager", "compiled"),
+                   help="auto (default): the compiled step for runs of 20000+ steps whose settings allow it, else "
+                        "eager; compiled: record the whole SVI step once and compile it with inductor (faster steps "
+                        "after a 10-60 s compile; adam, one process; see pyro_vae.training.step_mode)")
+    p.add_argument("--eager", dest="step", action="store_const", const="eager",
+                   help="the eager SVI step whatever the run's length (same as --step eager)")
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:

@@ -81,7 +81,7 @@ def train_from_args(args, dataset, device, elbo: str, out):
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
         out=folder, config=run_config, progress=not args.no_progress, module=getattr(vae, "module", None),
         nonfinite_backoff=getattr(args, "nonfinite_backoff", None), jit=args.jit, compile=args.compile,
-        step=getattr(args, "step", "eager"),
+        step=getattr(args, "step", "auto"),
     )
     return vae, result
 

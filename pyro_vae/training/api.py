@@ -13,6 +13,7 @@ Reported numbers are per datapoint, in nats, as ELBOs (higher is better):
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 
 import pyro
@@ -28,11 +29,12 @@ from ..models import MODELS
 from ..models.external import data_facts, shipped_record
 from ..objectives import elbo_label, get_elbo
 from ..optim import make_optimizer
-from .compiled import STEP_MODES, check_compiled_settings
 from .run_folder import RunFolder
 from .schedule import KLSchedule
 from .speed import compile_targets
 from .state import TrainResult
+from . import step_mode
+from .step_mode import STEP_MODES, check_compiled_settings, choose_step, remaining_steps
 from .step import owner_module
 from .trainer import Trainer, TrainerOptions
 
@@ -64,7 +66,7 @@ def train(
     jit: bool = False,
     compile: bool | str = False,
     data_plate: str = "data",
-    step: str = "eager",
+    step: str = "auto",
 ) -> TrainResult:
     """Train a model/guide pair with SVI.
 
@@ -128,13 +130,18 @@ def train(
         data_plate: the name of the pair's plate over datapoints (``pyro.plate(data_plate, batch)``),
             as for :func:`~pyro_vae.check_model_guide` and :func:`~pyro_vae.estimate_log_likelihood`:
             the checker, the ``iwae`` objective and the test/validation ELBO use it.
-        step: ``"eager"`` (:func:`~pyro_vae.training.svi_step`), or ``"compiled"``: the whole step
-            (loss, gradients, finiteness check) recorded once as one graph, compiled by inductor and
-            followed by torch's fused Adam (:mod:`pyro_vae.training.compiled`): several times faster
-            at small nets, after 10-60 s of compiling; losses equal to eager up to float rounding,
-            resumes bitwise. Checked against the eager step first; a pair that cannot be recorded
-            runs eager with one warning saying why. For ``elbo`` trace, meanfield or iwae (with KL
-            warm-up or not) and ``optimizer="adam"`` only (other settings: ``ValueError``). ``"compiled:replay"`` replays
+        step: ``"auto"`` (default): ``"compiled"`` for a run with at least
+            :data:`~pyro_vae.training.step_mode.AUTO_MIN_STEPS` steps left whose settings allow it,
+            else ``"eager"`` (:mod:`pyro_vae.training.step_mode`; ``config.json`` records the choice
+            as ``step_used`` and why as ``step_reason``). ``"eager"``:
+            :func:`~pyro_vae.training.svi_step`. ``"compiled"``: the whole step (loss, gradients,
+            finiteness check) recorded once as one graph, compiled by inductor and followed by
+            torch's fused Adam (:mod:`pyro_vae.training.compiled`): several times faster at small
+            nets, after 10-60 s of compiling; losses equal to eager up to float rounding, resumes
+            bitwise. Any objective, KL warm-up, free bits and named arguments; checked against the
+            eager step first (sites and shapes on two minibatches, loss and gradients); a pair that
+            cannot be recorded runs eager with one warning saying why. ``optimizer="adam"``, one
+            process, no ``jit``/``compile`` (else ``ValueError``). ``"compiled:replay"`` replays
             the recorded graph without a compiler (bitwise equal to eager, not faster; for tests).
 
     Returns:
@@ -179,6 +186,7 @@ def train(
         if saved["position"]["epoch"] >= epochs:
             raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
                              "more (epochs=N, --epochs N) to continue it")
+    options = _resolve_step(options, settings, saved, data.train.shape[0], optimizer, compile)
     trainer = Trainer(model, guide, data, objective, optim, options, folder=folder,
                       config={**pair_record(module, data, config), **(config or {}), **settings}, module=module,
                       networks=networks, checkpoint=saved, schedule=schedule)
@@ -190,9 +198,8 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSc
     """Refuse bad sizes and combinations before anything runs, naming the setting."""
     if options.step not in STEP_MODES:
         raise ValueError(f"step must be one of {', '.join(STEP_MODES)}, got {options.step!r}")
-    if options.step != "eager":
-        check_compiled_settings(elbo, optimizer, schedule.free_bits, schedule.warmup_steps, list(data.train_named),
-                                distributed.world_size(), options.jit, options.compile)
+    if options.step.startswith("compiled"):
+        check_compiled_settings(optimizer, distributed.world_size(), options.jit, options.compile)
     num_train, batch_size, world = data.train.shape[0], options.batch_size, distributed.world_size()
     if num_train == 0:
         raise ValueError("the training set is empty")
@@ -211,6 +218,27 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSc
                          "compile yet: train without them")
     if folder is not None:
         folder.check_resumable()
+
+
+def _resolve_step(options: TrainerOptions, settings: dict, saved: dict | None, num_train: int, optimizer,
+                  compile) -> TrainerOptions:
+    """The options with ``step`` resolved to the mode the run takes (``settings`` gets ``step_used``
+    and ``step_reason``), and a ``step_note`` for the one line the run prints: a long ``auto`` run
+    that stays eager, or a resume that changes the step mode (equal up to float rounding, not bitwise)."""
+    position = saved["position"] if saved is not None else {"epoch": 0, "batch": 0}
+    left = remaining_steps(num_train, options.batch_size, options.epochs, position["epoch"],
+                           distributed.world_size()) - position.get("batch", 0)
+    before = None if saved is None else saved["config"].get("step_used", saved["config"].get("step", "eager"))
+    mode, reason = choose_step(options.step, remaining_steps=left, optimizer=optimizer, world=distributed.world_size(),
+                               jit=options.jit, compile=compile, device_type=settings["device"].split(":")[0],
+                               resumed_from=before)
+    settings.update(step_used=mode, step_reason=reason)
+    note = reason if options.step == "auto" and mode == "eager" and left >= step_mode.AUTO_MIN_STEPS else ""
+    if before is not None and before != mode:
+        note = (f"{note}; " if note else "") + (
+            f"resumed with step {mode!r}, the run so far used {before!r}: the continuation equals an uninterrupted "
+            "run up to float rounding, not bitwise")
+    return replace(options, step=mode, step_note=note)
 
 
 def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool, free_bits: float,

@@ -33,8 +33,8 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
 the eager step on the same optimizer state. A pair whose step cannot be recorded (a Python read
 of a tensor's value: ``if x.mean() > c``, ``.item()``) or fails the check runs eager, with one
 warning line saying why. Python state that is not a tensor input (an annealed float attribute) is
-frozen at its recorded value; the check catches it only if it changed before the check. Supported
-settings: :func:`check_compiled_settings`. Compiling costs 10-60 s once per run (cached by inductor).
+frozen at its recorded value; the check catches it only if it changed before the check. Which
+runs take this step: :mod:`.step_mode`. Compiling costs 10-60 s once per run (cached by inductor).
 """
 
 from __future__ import annotations
@@ -46,18 +46,13 @@ import pyro
 import torch
 
 from ..optim import FusedOptim
-from ..pyro_internals import fused_adam_step, inductor_compile, make_aten_graph, unconstrained_param
+from ..pyro_internals import fused_adam_step, inductor_compile, make_aten_graph
+from .recording import _cuda, _first_difference, _reason, pair_params, site_structure
 from .step import _total_norm, svi_step
 
-__all__ = ["BACKENDS", "BACKEND_OF", "CHECK_RTOL", "OBJECTIVES", "STEP_MODES", "CompiledSVIStep", "CompiledStepWarning",
-           "check_compiled_settings"]
+__all__ = ["BACKENDS", "CHECK_RTOL", "CompiledSVIStep", "CompiledStepWarning"]
 
-STEP_MODES = ("eager", "compiled", "compiled:replay")
-"""``train(step=...)``: the eager step, the compiled one, the recorded graph replayed op by op."""
 BACKENDS = ("inductor", "replay")
-BACKEND_OF = {"compiled": "inductor", "compiled:replay": "replay"}
-"""The backend of each compiled ``step`` mode."""
-OBJECTIVES = ("trace", "meanfield", "iwae")
 CHECK_RTOL = 1e-5
 """Loss tolerance of the check, relative. Inductor reorders float32 sums: the prototype measured
 relative differences of 7e-8 on the loss (1e-7 on gradients); 1e-5 leaves a 100x margin, while
@@ -65,46 +60,12 @@ a value frozen at capture gave 1e-2. Gradients are compared at ``10 * CHECK_RTOL
 
 
 class CompiledStepWarning(RuntimeWarning):
-    """The one line saying why ``step="compiled"`` runs eager for a pair (shown at every run)."""
+    """The one line saying why a compiled step runs eager for a pair."""
 
-
-warnings.filterwarnings("always", category=CompiledStepWarning)
 
 _aten = torch.ops.aten
 _FILLS = {_aten.normal_.default: (0.0, 1.0), _aten.uniform_.default: (0.0, 1.0)}
 _EMPTY = {_aten.empty.memory_format, _aten.empty_strided.default}
-
-
-def check_compiled_settings(elbo, optimizer, free_bits: float, warmup_steps: int, named: list, world: int,
-                            jit: bool, compile) -> None:
-    """Refuse, before any step, settings that ``step="compiled"`` does not support yet (rather than
-    train something else silently). Supported: ``elbo`` one of :data:`OBJECTIVES` by name, the
-    ``"adam"`` optimizer, one process, KL warm-up; no free bits, named arguments, ``jit`` or ``compile``."""
-    unsupported = [what for what, bad in (
-        (f"elbo {elbo if isinstance(elbo, str) else type(elbo).__name__!r}",
-         not (isinstance(elbo, str) and elbo in OBJECTIVES)),
-        (f"optimizer {optimizer if isinstance(optimizer, str) else type(optimizer).__name__!r}", optimizer != "adam"),
-        ("free bits", bool(free_bits)),
-        (f"named arguments {sorted(named)}", bool(named)), (f"{world} processes", world > 1),
-        ("jit", bool(jit)), ("compile", bool(compile))) if bad]
-    if unsupported:
-        raise ValueError(f"step='compiled' does not support {', '.join(unsupported)} yet: it supports elbo "
-                         f"{' / '.join(OBJECTIVES)} (by name, with or without KL warm-up), optimizer 'adam', one "
-                         "process, without free bits, named arguments, jit or compile; train with step='eager'")
-
-
-def pair_params(loss_fn, *args) -> list[torch.Tensor]:
-    """The unconstrained leaf tensors that ``loss_fn(*args)`` reads from Pyro's param store, in
-    first-use order (as ``svi_step`` collects them); registers new ones. Runs the loss once,
-    without gradients, without touching the RNG streams."""
-    with torch.random.fork_rng(devices=_cuda(args)), torch.no_grad(), \
-            pyro.poutine.trace(param_only=True) as tr:
-        loss_fn(*args)
-    return list(dict.fromkeys(unconstrained_param(site["value"]) for site in tr.trace.nodes.values()))
-
-
-def _cuda(tensors) -> list:
-    return sorted({t.device for t in tensors if torch.is_tensor(t) and t.device.type == "cuda"}, key=str)
 
 
 def _key(tensors) -> tuple:
@@ -123,9 +84,9 @@ class CompiledSVIStep:
             :meth:`~pyro_vae.training.KLSchedule.wrap`), filled with ``value()`` before every step,
             eager or compiled, and inputs of the recorded graph (not frozen constants).
 
-    Call it as ``svi_step``: ``step(loss_fn, optim, x, *args)`` -> ``(loss, applied)`` (a detached
-    0-d tensor and a bool: one host read). Minibatches of the recorded shape ``(batch, D)`` replay
-    the graph; any other call runs ``svi_step``. ``reason`` says why nothing was recorded (``None``
+    Call it as ``svi_step``: ``step(loss_fn, optim, x, *args, **named)`` -> ``(loss, applied)`` (a
+    detached 0-d tensor and a bool: one host read). Minibatches of the recorded shapes, with the
+    recorded names, replay the graph; any other call runs ``svi_step``. ``reason`` says why nothing was recorded (``None``
     when the compiled step is in use); ``replays`` counts the compiled steps.
     """
 
@@ -134,20 +95,23 @@ class CompiledSVIStep:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.loss_fn, self.optim, self.backend = loss_fn, optim, backend
         self.extra, self.fills = [t for t, _ in inputs], [value for _, value in inputs]
-        self.fn, self.key, self.reason, self.replays = None, None, None, 0
+        self.fn, self.key, self.reason, self.replays, self.names = None, None, None, 0, ()
         self.noise: list[tuple] = []  # (shape, dtype, device, fill op, (a, b)) of each cut-out draw
 
-    def record(self, batch: tuple, check: tuple) -> CompiledSVIStep:
-        """Record and compile the step for minibatches shaped like ``batch`` (``(x, *args)``), then
-        check it on ``check`` (another minibatch of that shape). A failure of either leaves the
-        step eager, with one warning line saying why. Changes no parameter, state or RNG stream."""
+    def record(self, batch: tuple, check: tuple, names: tuple = ()) -> CompiledSVIStep:
+        """Record and compile the step for minibatches shaped like ``batch`` (``(x, *args,
+        *named)``: the values of the named arguments ``names`` last), then check it on ``check``
+        (another minibatch of that shape): the same sites with the same shapes, the same loss and
+        gradients. A failure leaves the step eager, with one warning line saying why. Changes no
+        parameter, state or RNG stream."""
         self._fill()
+        self.names = tuple(names)
         try:
             self._record(batch)
             self._check(batch, check)
         except Exception as error:  # noqa: BLE001 -- any failure means: run eager, and say why
             self.fn, self.key = None, None
-            self.reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+            self.reason = _reason(error)
             warnings.warn(f"step='compiled': the SVI step of this pair cannot be compiled, it runs eager "
                           f"({self.reason})", CompiledStepWarning, stacklevel=2)
         return self
@@ -155,17 +119,24 @@ class CompiledSVIStep:
     def __call__(self, loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, **kwargs):
         """One SVI step, as :func:`~pyro_vae.training.step.svi_step`."""
         self._fill()
-        if self.fn is not None and not kwargs and grad_scale == 1.0 and optim is self.optim \
-                and loss_fn is self.loss_fn and _key((x, *args)) == self.key:
-            return self._replay(x, *args)
+        if self.fn is not None and tuple(sorted(kwargs)) == tuple(sorted(self.names)) and grad_scale == 1.0 \
+                and optim is self.optim and loss_fn is self.loss_fn:
+            batch = (x, *args, *(kwargs[name] for name in self.names))
+            if _key(batch) == self.key:
+                return self._replay(*batch)
         return svi_step(loss_fn, optim, x, *args, grad_scale=grad_scale, **kwargs)
 
-    def _replay(self, x, *args):
+    def _call_loss(self, *batch):
+        """``loss_fn`` on a flat minibatch ``(x, *args, *named)``."""
+        split = len(batch) - len(self.names)
+        return self.loss_fn(*batch[:split], **dict(zip(self.names, batch[split:])))
+
+    def _replay(self, *batch):
         if self.optim.optimizer is not self.torch_optim:
             raise RuntimeError("the FusedOptim rebuilt its torch optimizer after the step was recorded (new "
                                "parameters): the compiled step would update stale state")
         with torch.no_grad():
-            out = self.fn(*self.inputs, x, *args, *self.draw_noise())
+            out = self.fn(*self.inputs, *batch, *self.draw_noise())
             fused_adam_step(self.params, list(out[3:]), self.exp_avgs, self.exp_avg_sqs, self.steps,
                             self.torch_optim.param_groups[0], found_inf=out[2])
         self.replays += 1
@@ -186,7 +157,7 @@ class CompiledSVIStep:
         Adam's step counts advance by ``finite`` (as ``Adam(fused=True)`` with ``found_inf``)."""
         n = len(self.params)
         params, steps, args = flat[:n], flat[n:2 * n], flat[2 * n + len(self.extra):]
-        loss = self.loss_fn(*args)
+        loss = self._call_loss(*args)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         if any(g is None for g in grads):
             raise ValueError(f"{sum(g is None for g in grads)} of the {n} parameters get no gradient in the "
@@ -198,7 +169,8 @@ class CompiledSVIStep:
         return (loss.detach(), finite, (~finite).to(torch.float32), *grads)
 
     def _record(self, batch: tuple) -> None:
-        self.params = pair_params(self.loss_fn, *batch)
+        split = len(batch) - len(self.names)
+        self.params = pair_params(self.loss_fn, *batch[:split], **dict(zip(self.names, batch[split:])))
         self.torch_optim = self.optim.register(self.params)
         if not isinstance(self.torch_optim, torch.optim.Adam) or self.torch_optim.param_groups[0]["amsgrad"]:
             raise ValueError(f"the compiled step updates with Adam (no amsgrad), not {self.torch_optim!r}")
@@ -247,14 +219,21 @@ class CompiledSVIStep:
         gm.recompile()
 
     def _check(self, batch: tuple, check: tuple) -> None:
-        """The recorded graph against the eager loss and gradients on another minibatch, same RNG state."""
+        """The pair's sites on two minibatches, then the recorded graph against the eager loss and
+        gradients on the second one at the same RNG state."""
+        split = len(batch) - len(self.names)
+        structures = [site_structure(self.loss_fn, *b[:split], **dict(zip(self.names, b[split:])))
+                      for b in (batch, check)]
+        if structures[0] != structures[1]:
+            raise ValueError("the pair's sites differ between two minibatches of the same shape ("
+                             f"{_first_difference(*structures)}): its structure depends on the data")
         with self._restoring(batch):
             rng = torch.get_rng_state()
             with torch.no_grad():
                 out = self.fn(*self.inputs, *check, *self.draw_noise())
             torch.set_rng_state(rng)
             with pyro.validation_enabled(False), torch.enable_grad():
-                loss = self.loss_fn(*check)
+                loss = self._call_loss(*check)
                 grads = torch.autograd.grad(loss, self.params)
         recorded, eager = float(out[0]), float(loss.detach())
         if not abs(recorded - eager) <= CHECK_RTOL * abs(eager):

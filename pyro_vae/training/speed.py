@@ -35,14 +35,16 @@ def record_jit_graphs(objective, model, guide, data, labels: bool, sizes: list[i
         objective.compile(model, guide, *first, check=last)
 
 
-def recording_batches(data, labels: bool, n: int) -> tuple[tuple, tuple]:
-    """Two minibatches ``(x, *args)`` of ``n`` training points, to record a graph on and to check
-    it on: the first ``n`` points and the last ``n`` (binarized at 0.5 when the data set is)."""
+def recording_batches(data, labels: bool, n: int, names: tuple = ()) -> tuple[tuple, tuple]:
+    """Two minibatches ``(x, *args, *named)`` of ``n`` training points (the values of the named
+    per-datapoint arguments ``names`` last), to record a graph on and to check it on: the first
+    ``n`` points and the last ``n`` (binarized at 0.5 when the data set is)."""
     batches = []
     for part in (slice(0, n), slice(-n, None)):
         x = data.train[part]
         x = (x > 0.5).to(x.dtype) if data.binarize else x
-        batches.append((x, data.train_labels[part]) if labels else (x,))
+        named = data.named("train", part)
+        batches.append((x, *((data.train_labels[part],) if labels else ()), *(named[k] for k in names)))
     return batches[0], batches[1]
 
 

@@ -27,7 +27,7 @@ from ..data import Dataset
 from ..evaluation import evaluate_elbo
 from ..optim import scale_learning_rate
 from .checkpoint import save_checkpoint
-from .compiled import BACKEND_OF, CompiledSVIStep
+from .compiled import CompiledSVIStep
 from .logger import RunLogger, Stopwatch
 from .pictures import write_pictures
 from .run_folder import RunFolder
@@ -36,6 +36,7 @@ from .signals import stop_on_signals
 from .speed import compiled_networks, minibatch_sizes, record_jit_graphs, recording_batches
 from .state import RunState, TrainResult, get_rng_state
 from .step import ELBOLoss, NonFiniteLossError, ddp_loss, explain_nonfinite, svi_step
+from .step_mode import BACKEND_OF, steps_per_epoch
 
 __all__ = ["MAX_BACKOFFS", "Trainer", "TrainerOptions"]
 
@@ -61,6 +62,7 @@ class TrainerOptions:
     compile: bool | str = False
     data_plate: str = "data"
     step: str = "eager"
+    step_note: str = ""
 
 
 class Trainer:
@@ -106,8 +108,7 @@ class Trainer:
             self.state.restore(checkpoint, self.rank, options.seed, self.device)
         else:
             self.state.seed(options.seed, self.rank)
-        self.steps_per_epoch = self._steps_per_epoch()
-        self._prepare_folder()
+        self.steps_per_epoch = steps_per_epoch(self.num_train, options.batch_size, self.world)
         steps, compiled = (lambda: self.state.position.step), options.step != "eager"
         weight = torch.ones((), device=self.device) if compiled and schedule.warmup_steps else None
         step_model, step_guide = schedule.wrap(model, guide, steps, weight)
@@ -120,17 +121,16 @@ class Trainer:
         self.svi_step = svi_step  # step="compiled": one graph for the full minibatch, recorded and checked now
         if compiled:
             inputs = [(weight, lambda: schedule.weight(steps()))] if weight is not None else []
+            names = tuple(data.train_named)
             self.svi_step = CompiledSVIStep(self.loss_fn, optim, BACKEND_OF[options.step], inputs).record(
-                *recording_batches(data, options.labels, options.batch_size))
+                *recording_batches(data, options.labels, options.batch_size, names), names)
+            if self.svi_step.reason is not None:  # it fell back to eager: config.json says so
+                self.config.update(step_used="eager", step_reason=self.svi_step.reason)
+        self._prepare_folder()
         self.logger = RunLogger(options.elbo, options.epochs, self.steps_per_epoch, options.progress,
                                 folder.path / "tensorboard" if self.writes else None)
-
-    def _steps_per_epoch(self) -> int:
-        steps = math.ceil(self.num_train / self.options.batch_size)
-        remainder = self.num_train % self.options.batch_size
-        if self.world > 1 and remainder and remainder < self.world:
-            steps -= 1  # a last batch smaller than the number of processes is dropped
-        return steps
+        if options.step_note and distributed.is_main():
+            self.logger.message(options.step_note)
 
     def _prepare_folder(self) -> None:
         self.state.result.out = None if self.folder is None else self.folder.path
