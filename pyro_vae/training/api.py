@@ -34,7 +34,7 @@ from .schedule import KLSchedule
 from .speed import compile_targets
 from .state import TrainResult
 from . import step_mode
-from .step_mode import STEP_MODES, check_compiled_settings, choose_step, remaining_steps
+from .step_mode import STEP_MODES, choose_step, remaining_steps
 from .step import owner_module
 from .trainer import Trainer, TrainerOptions
 
@@ -186,7 +186,7 @@ def train(
         if saved["position"]["epoch"] >= epochs:
             raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
                              "more (epochs=N, --epochs N) to continue it")
-    options = _resolve_step(options, settings, saved, data.train.shape[0], optimizer, compile)
+    options = _resolve_step(options, settings, saved, data.train.shape[0], optim, compile)
     trainer = Trainer(model, guide, data, objective, optim, options, folder=folder,
                       config={**pair_record(module, data, config), **(config or {}), **settings}, module=module,
                       networks=networks, checkpoint=saved, schedule=schedule)
@@ -198,8 +198,6 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSc
     """Refuse bad sizes and combinations before anything runs, naming the setting."""
     if options.step not in STEP_MODES:
         raise ValueError(f"step must be one of {', '.join(STEP_MODES)}, got {options.step!r}")
-    if options.step.startswith("compiled"):
-        check_compiled_settings(optimizer, distributed.world_size(), options.jit, options.compile)
     num_train, batch_size, world = data.train.shape[0], options.batch_size, distributed.world_size()
     if num_train == 0:
         raise ValueError("the training set is empty")
@@ -220,8 +218,8 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSc
         folder.check_resumable()
 
 
-def _resolve_step(options: TrainerOptions, settings: dict, saved: dict | None, num_train: int, optimizer,
-                  compile) -> TrainerOptions:
+def _resolve_step(options: TrainerOptions, settings: dict, saved: dict | None, num_train: int,
+                  optimizer: pyro.optim.PyroOptim, compile) -> TrainerOptions:
     """The options with ``step`` resolved to the mode the run takes (``settings`` gets ``step_used``
     and ``step_reason``), and a ``step_note`` for the one line the run prints: a long ``auto`` run
     that stays eager, or a resume that changes the step mode (equal up to float rounding, not bitwise)."""

@@ -1,4 +1,5 @@
-"""The compiled SVI step (``train(..., step="compiled")``): one recorded, compiled graph per run.
+"""The compiled SVI step (``train(..., step="compiled")``, and ``"auto"`` for long runs): one
+recorded, compiled graph per run.
 
 **What.** :class:`CompiledSVIStep` does what :func:`~pyro_vae.training.step.svi_step` does (the
 minibatch's loss, its gradients, the finiteness check, one Adam update, applied only when the loss
@@ -12,10 +13,11 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
 
 1. *Record*: ``make_fx`` runs the eager step body once on real tensors (under
    ``torch.random.fork_rng``; parameters and optimizer state are restored afterwards, so recording
-   changes nothing) and records it as one aten graph, backward included: ``loss_fn(x, *args)``,
+   changes nothing) and records it as one aten graph, backward included: ``loss_fn(x, *args, **named)``,
    ``torch.autograd.grad``, the finiteness check, and Adam's step count. The graph's inputs are the
    param store's own tensors (the nets hold the same objects), Adam's step counts, the 0-d tensors
-   the pair reads (the KL warm-up factor, refilled before every step) and the minibatch.
+   the pair reads (the KL warm-up factor, refilled before every step) and the minibatch (its named
+   per-datapoint arguments too, in a fixed order).
 2. *Noise as inputs*: each parameter-free draw (``empty`` + ``normal_``/``uniform_``, what
    ``Normal.rsample`` does) is cut out of the graph and drawn eagerly before each replay by the
    same call, so the global torch RNG advances exactly as in an eager run: checkpoints and resume
@@ -23,16 +25,19 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
 3. *Compile*: inductor (``compile_fx``, no dynamo, no guards) fuses the graph into a few C++
    kernels; ``backend="replay"`` instead replays the graph op by op (bitwise equal to eager, no
    faster; for tests).
-4. *Check*: before the first step the graph's loss and gradients on a *second* minibatch are
-   compared with the eager ones at the same RNG state (relative :data:`CHECK_RTOL`).
+4. *Check*: before the first step the pair's sample sites (names, distributions, shapes) on two
+   minibatches are compared (a structure that depends on the data is refused), then the graph's
+   loss and gradients on the *second* minibatch are compared with the eager ones at the same RNG
+   state (relative :data:`CHECK_RTOL`).
 5. *Update*: torch's fused Adam kernel on :class:`~pyro_vae.optim.FusedOptim`'s own state tensors,
    with ``found_inf`` from the graph (a non-finite step is not applied, with no extra host read),
    the learning rate read from the optimizer at every step (back-off works).
 
 **Limits.** One graph, for the full minibatch shape; the last, smaller minibatch of an epoch runs
 the eager step on the same optimizer state. A pair whose step cannot be recorded (a Python read
-of a tensor's value: ``if x.mean() > c``, ``.item()``) or fails the check runs eager, with one
-warning line saying why. Python state that is not a tensor input (an annealed float attribute) is
+of a tensor's value: ``if x.mean() > c``, ``.item()``; so Pyro's own ``Trace_ELBO`` objects and
+``TraceEnum_ELBO``'s Dice expectation) or fails the check runs eager, with one warning line saying
+why and where (:mod:`.recording`). Python state that is not a tensor input (an annealed float attribute) is
 frozen at its recorded value; the check catches it only if it changed before the check. Which
 runs take this step: :mod:`.step_mode`. Compiling costs 10-60 s once per run (cached by inductor).
 """
@@ -76,8 +81,8 @@ class CompiledSVIStep:
     """``svi_step`` with the step of one minibatch shape recorded and compiled (module docstring).
 
     Args:
-        loss_fn: ``loss_fn(x, *args)`` -> the minibatch's loss (an ``ELBOLoss``), nats summed
-            over the minibatch.
+        loss_fn: ``loss_fn(x, *args, **named)`` -> the minibatch's loss (an ``ELBOLoss``), nats
+            summed over the minibatch.
         optim: the run's :class:`~pyro_vae.optim.FusedOptim` over ``torch.optim.Adam``.
         backend: ``"inductor"`` or ``"replay"`` (the recorded graph op by op, no compiler).
         inputs: ``(tensor, value)`` pairs: 0-d tensors that the pair reads (the KL warm-up factor,
@@ -86,8 +91,8 @@ class CompiledSVIStep:
 
     Call it as ``svi_step``: ``step(loss_fn, optim, x, *args, **named)`` -> ``(loss, applied)`` (a
     detached 0-d tensor and a bool: one host read). Minibatches of the recorded shapes, with the
-    recorded names, replay the graph; any other call runs ``svi_step``. ``reason`` says why nothing was recorded (``None``
-    when the compiled step is in use); ``replays`` counts the compiled steps.
+    recorded names, replay the graph; any other call runs ``svi_step``. ``reason`` says why nothing
+    was recorded (``None`` when the compiled step is in use); ``replays`` counts the compiled steps.
     """
 
     def __init__(self, loss_fn, optim: FusedOptim, backend: str = "inductor", inputs=()):

@@ -6,9 +6,9 @@
   bitwise equal to eager; for tests).
 * ``"auto"`` (the default): ``"compiled"`` when the settings allow it and the run is long enough
   for compiling to pay, else ``"eager"``; on the CPU only for now (no GPU has been at hand to
-  check the compiled step there: ``step="compiled"`` runs it on CUDA, checked against eager). Compiling costs 10-60 s once (11 s with inductor's cache
-  warm); a compiled step saves 0.4-1.6 ms on the CPU (``experiments/README.md``), so it pays after
-  roughly 10,000 steps: :data:`AUTO_MIN_STEPS`.
+  check the compiled step there: ``step="compiled"`` runs it on CUDA, checked against eager).
+  Recording and compiling cost 6-60 s once; the steps saved pay for it after some hundreds to
+  about 12,000 steps (``experiments/README.md``, "The compiled step"): :data:`AUTO_MIN_STEPS`.
 
 A pair that cannot be recorded (its sites or shapes depend on the data, it reads a tensor's value
 in Python) is found when the step is recorded and checked, and runs eager with one line saying
@@ -18,6 +18,12 @@ why, under ``"auto"`` as under ``"compiled"``.
 from __future__ import annotations
 
 import math
+
+import pyro.optim
+import torch
+
+from ..optim import FusedOptim
+from ..pyro_internals import optim_constructor
 
 __all__ = ["AUTO_MIN_STEPS", "BACKEND_OF", "STEP_MODES", "check_compiled_settings", "choose_step",
            "remaining_steps", "steps_per_epoch",
@@ -29,17 +35,27 @@ BACKEND_OF = {"compiled": "inductor", "compiled:replay": "replay"}
 """The backend of each compiled mode (:class:`~pyro_vae.training.compiled.CompiledSVIStep`)."""
 AUTO_MIN_STEPS = 20_000
 """``step="auto"`` compiles a run that has at least this many SVI steps left. The break-even
-measured on the 2-core CPU (cold inductor cache) was about 12,000 steps for a 784-64-8 VAE at batch
-32 and 9,000 for the 784-500-20 VAE at batch 100; twice that leaves a margin for slower compilers."""
+measured on the 2-core CPU was about 12,000 steps for a 784-64-8 VAE at batch 32 and 9,000 for the
+784-500-20 VAE at batch 100 in the prototype (cold inductor cache, a quiet machine), 360-3,400 in
+``experiments/results/benchmark_cpu_compiled.md`` (a loaded machine, where each step saved more
+milliseconds); 20,000 leaves a margin for slower compilers."""
 
 
 def unsupported_settings(optimizer, world: int, jit: bool, compile) -> list[str]:
     """The settings of a run that the compiled step does not take (empty: it can be tried).
-    Objectives, KL warm-up, free bits and named arguments are not among them: whether a pair's
-    step can be recorded is found by recording and checking it."""
-    return [what for what, bad in (
-        (f"optimizer {optimizer if isinstance(optimizer, str) else type(optimizer).__name__!r}", optimizer != "adam"),
-        (f"{world} processes", world > 1), ("jit", bool(jit)), ("compile", bool(compile))) if bad]
+    ``optimizer`` is the run's ``PyroOptim``: a :class:`~pyro_vae.optim.FusedOptim` over
+    ``torch.optim.Adam`` (``optimizer="adam"``) is taken. Objectives, KL warm-up, free bits and
+    named arguments are not among these: whether a pair's step can be recorded is found by
+    recording and checking it."""
+    adam = isinstance(optimizer, FusedOptim) and optim_constructor(optimizer) is torch.optim.Adam
+    return [what for what, bad in ((_optimizer_label(optimizer), not adam), (f"{world} processes", world > 1),
+                                   ("jit", bool(jit)), ("compile", bool(compile))) if bad]
+
+
+def _optimizer_label(optimizer) -> str:
+    """``optimizer FusedOptim(Adagrad)``, ``optimizer PyroOptim(Adam)``: class and torch optimizer."""
+    inner = optim_constructor(optimizer).__name__ if isinstance(optimizer, pyro.optim.PyroOptim) else repr(optimizer)
+    return f"optimizer {type(optimizer).__name__}({inner})"
 
 
 def check_compiled_settings(optimizer, world: int, jit: bool, compile) -> None:
@@ -51,8 +67,8 @@ def check_compiled_settings(optimizer, world: int, jit: bool, compile) -> None:
     unsupported = unsupported_settings(optimizer, world, jit, compile)
     if unsupported:
         raise ValueError(f"step='compiled' does not support {', '.join(unsupported)} yet: it supports the optimizer "
-                         "'adam' (by name), one process, without jit or compile; train with step='eager' (or "
-                         "'auto', which picks eager for these settings)")
+                         "'adam' (by name, or a FusedOptim over torch.optim.Adam), one process, without jit or "
+                         "compile; train with step='eager' (or 'auto', which picks eager for these settings)")
 
 
 def choose_step(step: str, *, remaining_steps: int, optimizer, world: int, jit: bool, compile,
