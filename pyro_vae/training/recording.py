@@ -11,10 +11,10 @@ import traceback
 from pathlib import Path
 
 import pyro
-import pyro.poutine
 import torch
 
-from ..pyro_internals import unconstrained_param
+from ..check.idioms import SiteRecorder
+from ..pyro_internals import MessageHook, unconstrained_param
 
 __all__ = ["pair_params", "site_structure"]
 
@@ -33,27 +33,15 @@ def pair_params(loss_fn, *args, **kwargs) -> list[torch.Tensor]:
     return list(dict.fromkeys(unconstrained_param(site["value"]) for site in tr.trace.nodes.values()))
 
 
-class _SiteLog(pyro.poutine.messenger.Messenger):
-    """Records every sample site the objective runs through: name, distribution, value shape."""
-
-    def __init__(self):
-        super().__init__()
-        self.sites: list[tuple] = []
-
-    def _postprocess_message(self, msg) -> None:
-        if msg["type"] == "sample":
-            shape = tuple(msg["value"].shape) if torch.is_tensor(msg["value"]) else ()
-            self.sites.append((msg["name"], type(msg["fn"]).__name__, shape, bool(msg["is_observed"])))
-
-
 def site_structure(loss_fn, *args, **kwargs) -> list[tuple]:
     """``(name, distribution, value shape, observed)`` of each sample site, in the order that one
     run of ``loss_fn(*args, **kwargs)`` (model and guide, as the objective runs them) visits them;
     touches neither the RNG streams nor the parameters' gradients."""
-    log = _SiteLog()
-    with torch.random.fork_rng(devices=_cuda(args)), log:
+    recorder = SiteRecorder()
+    with torch.random.fork_rng(devices=_cuda(args)), MessageHook(recorder):
         loss_fn(*args, **kwargs)
-    return log.sites
+    return [(m["name"], type(m["fn"]).__name__, tuple(m["value"].shape) if torch.is_tensor(m["value"]) else (),
+             bool(m["is_observed"])) for m in recorder.messages]
 
 
 def _first_difference(a: list[tuple], b: list[tuple]) -> str:
