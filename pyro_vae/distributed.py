@@ -25,7 +25,7 @@ import os
 import torch
 import torch.distributed as tdist
 
-__all__ = ["all_true", "barrier", "any_true", "broadcast_object", "gather_objects", "init_from_env", "is_main", "rank", "sum_tensor",
+__all__ = ["all_true", "barrier", "any_true", "broadcast_object", "gather_objects", "init_from_env", "is_main", "rank", "sum_gradients", "sum_tensor",
            "world_size"]
 
 
@@ -79,6 +79,22 @@ def sum_tensor(t: torch.Tensor) -> torch.Tensor:
     total = t.detach().clone().to(_collective_device())
     tdist.all_reduce(total, op=tdist.ReduceOp.SUM)
     return total
+
+
+def sum_gradients(grads: list[torch.Tensor], found_inf: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The gradients summed over processes (one all-reduce of one flat buffer) and ``found_inf``
+    (a 0-d float, 1 where this process's loss or gradient is not finite) maxed over them; the
+    inputs themselves with one process. The compiled step's counterpart of DDP's all-reduce: each
+    process's gradient is that of its share of the minibatch, so the sum is the whole minibatch's."""
+    if not _active():
+        return grads, found_inf
+    device = _collective_device()
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(device)
+    flag = found_inf.detach().clone().to(device)
+    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+    tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+    summed = [part.view_as(g).to(g.device) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
+    return summed, flag.to(found_inf.device)
 
 
 def gather_objects(obj) -> list:

@@ -55,6 +55,15 @@ def test_two_process_training_matches_one_process_and_resumes_exactly(data_root,
     assert all(torch.equal(expected["params"][k], got["params"][k]) for k in expected["params"])
     assert metrics(tmp_path / "resumed")[1]["test_elbo"] == ddp[1]["test_elbo"]
 
+    # the compiled step under DDP (each process records its share of the minibatch, the gradients are
+    # summed between the graph and the update): the same epoch up to float rounding, every full minibatch compiled
+    run("train", *TRAIN, "--epochs", "1", "--step", "compiled", "--out", str(tmp_path / "compiled"), processes=2)
+    compiled = metrics(tmp_path / "compiled")[0]
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["step_used"] == "compiled"
+    assert compiled["compiled_steps"] == 30  # rank 0's count: 3000 points / 100 a step, no smaller last step
+    assert compiled["train_elbo"] == pytest.approx(ddp[0]["train_elbo"], abs=1e-2)
+    assert compiled["test_elbo"] == pytest.approx(ddp[0]["test_elbo"], abs=1e-2)
+
     # the jit path under DDP: the same epoch up to float rounding
     run("train", *TRAIN, "--epochs", "1", "--jit", "--out", str(tmp_path / "jit"), processes=2)
     jit = metrics(tmp_path / "jit")[0]

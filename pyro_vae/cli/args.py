@@ -105,7 +105,7 @@ def add_optimization_args(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--step", default="auto", choices=("auto", "eager", "compiled"),
                    help="auto (default): the compiled step for CPU runs of 20000+ steps whose settings allow it (a "
                         "resumed run keeps its mode), else eager; compiled: record the whole SVI step once and compile it with inductor (faster steps "
-                        "after a 10-60 s compile; adam, one process; see pyro_vae.training.step_mode)")
+                        "after a 10-60 s compile; adam; see pyro_vae.training.step_mode)")
     p.add_argument("--eager", dest="step", action="store_const", const="eager",
                    help="the eager SVI step whatever the run's length (same as --step eager)")
 

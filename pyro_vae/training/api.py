@@ -140,8 +140,8 @@ def train(
             nets, after 10-60 s of compiling; losses equal to eager up to float rounding, resumes
             bitwise. Any objective, KL warm-up, free bits and named arguments; checked against the
             eager step first (sites and shapes on two minibatches, loss and gradients); a pair that
-            cannot be recorded runs eager with one warning saying why. ``optimizer="adam"``, one
-            process, no ``jit``/``compile`` (else ``ValueError``). ``"compiled:replay"`` replays
+            cannot be recorded runs eager with one warning saying why. ``optimizer="adam"``, no
+            ``jit``/``compile`` (else ``ValueError``); under ``torchrun`` too. ``"compiled:replay"`` replays
             the recorded graph without a compiler (bitwise equal to eager, not faster; for tests).
 
     Returns:

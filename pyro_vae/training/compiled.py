@@ -31,7 +31,9 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
    state (relative :data:`CHECK_RTOL`).
 5. *Update*: torch's fused Adam kernel on :class:`~pyro_vae.optim.FusedOptim`'s own state tensors,
    with ``found_inf`` from the graph (a non-finite step is not applied, with no extra host read),
-   the learning rate read from the optimizer at every step (back-off works).
+   the learning rate read from the optimizer at every step (back-off works). Under ``torchrun``
+   the graph gives this process's gradients and finiteness; they are summed (maxed) over the
+   processes (:func:`pyro_vae.distributed.sum_gradients`) before Adam's step counts and the update.
 
 **Limits.** One graph, for the full minibatch shape; the last, smaller minibatch of an epoch runs
 the eager step on the same optimizer state. A pair whose step cannot be recorded (a Python read
@@ -50,6 +52,7 @@ from contextlib import contextmanager
 import pyro
 import torch
 
+from .. import distributed
 from ..optim import FusedOptim
 from ..pyro_internals import fused_adam_step, inductor_compile, make_aten_graph
 from .recording import _cuda, _first_difference, _reason, pair_params, site_structure
@@ -98,7 +101,11 @@ class CompiledSVIStep:
     def __init__(self, loss_fn, optim: FusedOptim, backend: str = "inductor", inputs=()):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.loss_fn, self.optim, self.backend = loss_fn, optim, backend
+        # under torchrun the trainer's loss is DDP-wrapped: the step records the loss inside, and
+        # sums the gradients over processes itself (distributed.sum_gradients) before the update
+        self.outer, self.world = loss_fn, distributed.world_size()
+        ddp = isinstance(loss_fn, torch.nn.parallel.DistributedDataParallel)
+        self.loss_fn, self.optim, self.backend = loss_fn.module if ddp else loss_fn, optim, backend
         self.extra, self.fills = [t for t, _ in inputs], [value for _, value in inputs]
         self.fn, self.key, self.reason, self.replays, self.names = None, None, None, 0, ()
         self.noise: list[tuple] = []  # (shape, dtype, device, fill op, (a, b)) of each cut-out draw
@@ -117,6 +124,10 @@ class CompiledSVIStep:
         except Exception as error:  # noqa: BLE001 -- any failure means: run eager, and say why
             self.fn, self.key = None, None
             self.reason = _reason(error)
+        if self.world > 1 and not distributed.all_true(self.fn is not None) and self.fn is not None:
+            self.fn, self.key = None, None  # every process takes the same step, or the collectives would hang
+            self.reason = "another process could not record or check the step (its warning says why)"
+        if self.reason is not None:
             warnings.warn(f"step='compiled': the SVI step of this pair cannot be compiled, it runs eager "
                           f"({self.reason})", CompiledStepWarning, stacklevel=2)
         return self
@@ -124,8 +135,8 @@ class CompiledSVIStep:
     def __call__(self, loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, **kwargs):
         """One SVI step, as :func:`~pyro_vae.training.step.svi_step`."""
         self._fill()
-        if self.fn is not None and tuple(sorted(kwargs)) == tuple(sorted(self.names)) and grad_scale == 1.0 \
-                and optim is self.optim and loss_fn is self.loss_fn:
+        if self.fn is not None and tuple(sorted(kwargs)) == tuple(sorted(self.names)) \
+                and optim is self.optim and loss_fn is self.outer and grad_scale == float(self.world):
             batch = (x, *args, *(kwargs[name] for name in self.names))
             if _key(batch) == self.key:
                 return self._replay(*batch)
@@ -142,10 +153,14 @@ class CompiledSVIStep:
                                "parameters): the compiled step would update stale state")
         with torch.no_grad():
             out = self.fn(*self.inputs, *batch, *self.draw_noise())
-            fused_adam_step(self.params, list(out[3:]), self.exp_avgs, self.exp_avg_sqs, self.steps,
-                            self.torch_optim.param_groups[0], found_inf=out[2])
+            grads, found_inf = list(out[3:]), out[2]
+            if self.world > 1:  # the whole minibatch's gradient; a step is applied where every process's is finite
+                grads, found_inf = distributed.sum_gradients(grads, found_inf)
+                torch._foreach_add_(self.steps, 1.0 - found_inf)
+            fused_adam_step(self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps,
+                            self.torch_optim.param_groups[0], found_inf=found_inf)
         self.replays += 1
-        return out[0], bool(out[1])
+        return out[0], bool(found_inf == 0)
 
     def _fill(self) -> None:
         for tensor, value in zip(self.extra, self.fills):
@@ -169,7 +184,7 @@ class CompiledSVIStep:
                              "recorded step (a net whose tensors are not the param store's?)")
         with torch.no_grad():
             finite = torch.isfinite(loss.detach()) & torch.isfinite(_total_norm(list(grads)))
-            for s in steps:
+            for s in steps if self.world == 1 else ():  # several processes: after they agree (_replay)
                 s.add_(finite.to(s.dtype))
         return (loss.detach(), finite, (~finite).to(torch.float32), *grads)
 

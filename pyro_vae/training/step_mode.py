@@ -48,8 +48,8 @@ def unsupported_settings(optimizer, world: int, jit: bool, compile) -> list[str]
     named arguments are not among these: whether a pair's step can be recorded is found by
     recording and checking it."""
     adam = isinstance(optimizer, FusedOptim) and optim_constructor(optimizer) is torch.optim.Adam
-    return [what for what, bad in ((_optimizer_label(optimizer), not adam), (f"{world} processes", world > 1),
-                                   ("jit", bool(jit)), ("compile", bool(compile))) if bad]
+    return [what for what, bad in ((_optimizer_label(optimizer), not adam), ("jit", bool(jit)),
+                                   ("compile", bool(compile))) if bad]
 
 
 def _optimizer_label(optimizer) -> str:
@@ -67,8 +67,8 @@ def check_compiled_settings(optimizer, world: int, jit: bool, compile) -> None:
     unsupported = unsupported_settings(optimizer, world, jit, compile)
     if unsupported:
         raise ValueError(f"step='compiled' does not support {', '.join(unsupported)} yet: it supports the optimizer "
-                         "'adam' (by name, or a FusedOptim over torch.optim.Adam), one process, without jit or "
-                         "compile; train with step='eager' (or 'auto', which picks eager for these settings)")
+                         "'adam' (by name, or a FusedOptim over torch.optim.Adam), without jit or compile; "
+                         "train with step='eager' (or 'auto', which picks eager for these settings)")
 
 
 def choose_step(step: str, *, remaining_steps: int, optimizer, world: int, jit: bool, compile,

@@ -9,9 +9,8 @@
             every checkpoint_every steps, or on SIGINT/SIGTERM: a checkpoint
         test (and validation) ELBO, metrics line, metrics.jsonl, checkpoint (and best.pt)
 
-The pieces it is built from each live in their own module: the step (:mod:`.step`), the run
-state (:mod:`.state`), the run folder (:mod:`.run_folder`), signals (:mod:`.signals`) and
-logging (:mod:`.logger`). :func:`pyro_vae.train` builds a trainer from its arguments.
+Its pieces each live in their own module: the step (:mod:`.step`), the run state (:mod:`.state`), the run
+folder (:mod:`.run_folder`), signals (:mod:`.signals`), logging (:mod:`.logger`). :func:`pyro_vae.train` builds one.
 """
 
 from __future__ import annotations
@@ -123,7 +122,7 @@ class Trainer:
             inputs = [(weight, lambda: schedule.weight(steps()))] if weight is not None else []
             names = tuple(data.train_named)
             self.svi_step = CompiledSVIStep(self.loss_fn, optim, BACKEND_OF[options.step], inputs).record(
-                *recording_batches(data, options.labels, options.batch_size, names), names)
+                *recording_batches(data, options.labels, options.batch_size // self.world, names), names)
             if self.svi_step.reason is not None:  # it fell back to eager: config.json says so
                 self.config.update(step_used="eager", step_reason=self.svi_step.reason)
         self._prepare_folder()
@@ -251,6 +250,7 @@ class Trainer:
             "skipped_steps": pos.epoch_skipped,
             "train_seconds": pos.epoch_seconds,
             "total_train_seconds": self.state.result.train_seconds,
+            "compiled_steps": getattr(self.svi_step, "replays", 0),  # so far in this process: 0 when eager
         }
         for split in ("test", "valid"):
             x = getattr(self.data, split)
