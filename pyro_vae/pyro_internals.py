@@ -34,6 +34,7 @@ __all__ = [
     "compute_dice_elbo",
     "compute_log_r",
     "elbo_traces",
+    "fused_adagrad_step",
     "fused_adam_step",
     "inductor_compile",
     "is_deterministic",
@@ -259,3 +260,13 @@ def fused_adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, group: dict, fo
     torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
                        weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
                        maximize=group["maximize"], found_inf=found_inf)
+
+
+def fused_adagrad_step(params, grads, state_sums, steps, group: dict, found_inf) -> None:
+    """One update of torch's fused Adagrad kernel (``torch._fused_adagrad_``, what
+    ``torch.optim.Adagrad(fused=True).step()`` calls) with the hyper-parameters of the param
+    ``group``; skipped where ``found_inf`` (a float 0-d tensor) is 1. ``steps`` must already count
+    this step (``Adagrad`` adds 1 before the kernel)."""
+    torch._fused_adagrad_(params, grads, state_sums, steps, lr=group["lr"], lr_decay=group["lr_decay"],
+                          weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                          grad_scale=None, found_inf=found_inf)

@@ -181,16 +181,16 @@ def test_a_nonfinite_step_is_not_applied():
     weight = step.params[0]
     with torch.no_grad():
         weight[0, 0] = float("nan")
-    before = [t.clone() for t in (*step.params, *step.steps, *step.exp_avgs, *step.exp_avg_sqs)]
+    before = [t.clone() for t in (*step.params, *step.steps, *step.moments[0], *step.moments[1])]
     loss, applied = step(loss_fn, optim, x[:B])
     assert not applied and step.replays == 2
-    after = (*step.params, *step.steps, *step.exp_avgs, *step.exp_avg_sqs)
+    after = (*step.params, *step.steps, *step.moments[0], *step.moments[1])
     assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(after, before))
     assert float(step.steps[0]) == 1.0
 
 
 @pytest.mark.parametrize("settings, what", [
-    ({"optimizer": "adagrad"}, "optimizer FusedOptim\\(Adagrad\\)"),
+    ({"optimizer": pyro.optim.Adagrad({"lr": 0.1})}, "optimizer PyroOptim\\(Adagrad\\)"),
     ({"optimizer": pyro.optim.Adam({"lr": 1e-3})}, "optimizer PyroOptim\\(Adam\\)"),
     ({"jit": True}, "jit"),
 ])
@@ -213,6 +213,11 @@ def assert_replay_is_eager(**settings):
     assert [c["train_elbo"] for c in replayed.curve] == [c["train_elbo"] for c in eager.curve]
     assert all(torch.equal(eager_params[k], replayed_params[k]) for k in eager_params)
     assert torch.equal(replayed_rng, eager_rng)
+
+
+def test_adagrad_updates_the_recorded_step_as_eager():
+    """AEVB's optimizer: the fused Adagrad kernel on the optimizer's own sums, as the eager step."""
+    assert_replay_is_eager(optimizer="adagrad", lr=0.05)
 
 
 def test_free_bits_and_elbo_objects_of_ours_are_recorded():
@@ -333,9 +338,11 @@ def test_auto_compiles_a_long_run_and_not_a_short_one(tmp_path, monkeypatch):
     adam = make_optimizer("adam", 1e-3)
     assert step_mode.choose_step("auto", remaining_steps=10**6, optimizer=adam, world=1, jit=False,
                                  compile=False)[0] == "compiled"
-    mode, why = step_mode.choose_step("auto", remaining_steps=10**6, optimizer=make_optimizer("adagrad", 0.1),
+    assert step_mode.choose_step("auto", remaining_steps=10**6, optimizer=make_optimizer("adagrad", 0.1),
+                                 world=1, jit=False, compile=False)[0] == "compiled"
+    mode, why = step_mode.choose_step("auto", remaining_steps=10**6, optimizer=pyro.optim.Adagrad({"lr": 0.1}),
                                       world=1, jit=False, compile=False)
-    assert mode == "eager" and "optimizer FusedOptim(Adagrad)" in why
+    assert mode == "eager" and "optimizer PyroOptim(Adagrad)" in why
     mode, why = step_mode.choose_step("auto", remaining_steps=step_mode.AUTO_MIN_STEPS - 1, optimizer=adam,
                                       world=1, jit=False, compile=False)
     assert mode == "eager" and f"{step_mode.AUTO_MIN_STEPS - 1} steps left" in why

@@ -2,7 +2,7 @@
 recorded, compiled graph per run.
 
 **What.** :class:`CompiledSVIStep` does what :func:`~pyro_vae.training.step.svi_step` does (the
-minibatch's loss, its gradients, the finiteness check, one Adam update, applied only when the loss
+minibatch's loss, its gradients, the finiteness check, one Adam or Adagrad update, applied only when the loss
 and gradients are finite) with Pyro's and autograd's Python work done once instead of every step.
 
 **Why.** At the small MLPs of the VAE literature a step is mostly Python and per-op overhead: the
@@ -14,8 +14,8 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
 1. *Record*: ``make_fx`` runs the eager step body once on real tensors (under
    ``torch.random.fork_rng``; parameters and optimizer state are restored afterwards, so recording
    changes nothing) and records it as one aten graph, backward included: ``loss_fn(x, *args, **named)``,
-   ``torch.autograd.grad``, the finiteness check, and Adam's step count. The graph's inputs are the
-   param store's own tensors (the nets hold the same objects), Adam's step counts, the 0-d tensors
+   ``torch.autograd.grad``, the finiteness check, and the optimizer's step count. The graph's inputs are the
+   param store's own tensors (the nets hold the same objects), the step counts, the 0-d tensors
    the pair reads (the KL warm-up factor, refilled before every step) and the minibatch (its named
    per-datapoint arguments too, in a fixed order).
 2. *Noise as inputs*: each parameter-free draw (``empty`` + ``normal_``/``uniform_``, what
@@ -29,11 +29,11 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
    minibatches are compared (a structure that depends on the data is refused), then the graph's
    loss and gradients on the *second* minibatch are compared with the eager ones at the same RNG
    state (relative :data:`CHECK_RTOL`).
-5. *Update*: torch's fused Adam kernel on :class:`~pyro_vae.optim.FusedOptim`'s own state tensors,
+5. *Update*: torch's fused Adam or Adagrad kernel on :class:`~pyro_vae.optim.FusedOptim`'s own state tensors,
    with ``found_inf`` from the graph (a non-finite step is not applied, with no extra host read),
    the learning rate read from the optimizer at every step (back-off works). Under ``torchrun``
    the graph gives this process's gradients and finiteness; they are summed (maxed) over the
-   processes (:func:`pyro_vae.distributed.sum_gradients`) before Adam's step counts and the update.
+   processes (:func:`pyro_vae.distributed.sum_gradients`) before the step counts and the update.
 
 **Limits.** One graph, for the full minibatch shape; the last, smaller minibatch of an epoch runs
 the eager step on the same optimizer state. A pair whose step cannot be recorded (a Python read
@@ -54,17 +54,23 @@ import torch
 
 from .. import distributed
 from ..optim import FusedOptim
-from ..pyro_internals import fused_adam_step, inductor_compile, make_aten_graph
+from ..pyro_internals import fused_adagrad_step, fused_adam_step, inductor_compile, make_aten_graph
 from .recording import _cuda, _first_difference, _reason, pair_params, site_structure
 from .step import _total_norm, svi_step
 
-__all__ = ["BACKENDS", "CHECK_RTOL", "CompiledSVIStep", "CompiledStepWarning"]
+__all__ = ["BACKENDS", "CHECK_RTOL", "UPDATES", "CompiledSVIStep", "CompiledStepWarning"]
 
 BACKENDS = ("inductor", "replay")
 CHECK_RTOL = 1e-5
 """Loss tolerance of the check, relative. Inductor reorders float32 sums: the prototype measured
 relative differences of 7e-8 on the loss (1e-7 on gradients); 1e-5 leaves a 100x margin, while
 a value frozen at capture gave 1e-2. Gradients are compared at ``10 * CHECK_RTOL`` of their norm."""
+
+
+UPDATES = {torch.optim.Adam: (("exp_avg", "exp_avg_sq"), fused_adam_step),
+           torch.optim.Adagrad: (("sum",), fused_adagrad_step)}
+"""The optimizers the compiled step updates with: torch class -> (its per-parameter state
+tensors besides ``step``, the fused kernel's update). Adam without amsgrad."""
 
 
 class CompiledStepWarning(RuntimeWarning):
@@ -86,7 +92,8 @@ class CompiledSVIStep:
     Args:
         loss_fn: ``loss_fn(x, *args, **named)`` -> the minibatch's loss (an ``ELBOLoss``), nats
             summed over the minibatch.
-        optim: the run's :class:`~pyro_vae.optim.FusedOptim` over ``torch.optim.Adam``.
+        optim: the run's :class:`~pyro_vae.optim.FusedOptim` over ``torch.optim.Adam`` or
+            ``torch.optim.Adagrad`` (:data:`UPDATES`).
         backend: ``"inductor"`` or ``"replay"`` (the recorded graph op by op, no compiler).
         inputs: ``(tensor, value)`` pairs: 0-d tensors that the pair reads (the KL warm-up factor,
             :meth:`~pyro_vae.training.KLSchedule.wrap`), filled with ``value()`` before every step,
@@ -157,8 +164,8 @@ class CompiledSVIStep:
             if self.world > 1:  # the whole minibatch's gradient; a step is applied where every process's is finite
                 grads, found_inf = distributed.sum_gradients(grads, found_inf)
                 torch._foreach_add_(self.steps, 1.0 - found_inf)
-            fused_adam_step(self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps,
-                            self.torch_optim.param_groups[0], found_inf=found_inf)
+            self.update(self.params, grads, *self.moments, self.steps, self.torch_optim.param_groups[0],
+                        found_inf=found_inf)
         self.replays += 1
         return out[0], bool(found_inf == 0)
 
@@ -174,7 +181,7 @@ class CompiledSVIStep:
 
     def _body(self, *flat):
         """The eager step body that ``make_fx`` records: ``(loss, finite, found_inf, *grads)``;
-        Adam's step counts advance by ``finite`` (as ``Adam(fused=True)`` with ``found_inf``)."""
+        the optimizer's step counts advance by ``finite`` (as ``Adam(fused=True)`` with ``found_inf``)."""
         n = len(self.params)
         params, steps, args = flat[:n], flat[n:2 * n], flat[2 * n + len(self.extra):]
         loss = self._call_loss(*args)
@@ -192,16 +199,18 @@ class CompiledSVIStep:
         split = len(batch) - len(self.names)
         self.params = pair_params(self.loss_fn, *batch[:split], **dict(zip(self.names, batch[split:])))
         self.torch_optim = self.optim.register(self.params)
-        if not isinstance(self.torch_optim, torch.optim.Adam) or self.torch_optim.param_groups[0]["amsgrad"]:
-            raise ValueError(f"the compiled step updates with Adam (no amsgrad), not {self.torch_optim!r}")
+        group = self.torch_optim.param_groups[0]
+        if type(self.torch_optim) not in UPDATES or group.get("amsgrad"):
+            raise ValueError(f"the compiled step updates with Adam (no amsgrad) or Adagrad, not {self.torch_optim!r}")
+        names, self.update = UPDATES[type(self.torch_optim)]
         states = [self.torch_optim.state[p] for p in self.params]
         for p, state in zip(self.params, states):
             if not state:  # as torch.optim.Adam(fused=True) initialises a parameter's state
-                state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
-                             exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
-                             exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                for name in names:  # Adagrad initialises its own (its sums start at initial_accumulator_value)
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
         self.steps = [s["step"] for s in states]
-        self.exp_avgs, self.exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        self.moments = [[s[name] for s in states] for name in names]
         self.inputs = [p.detach() for p in self.params] + self.steps + self.extra
         with self._restoring(batch), pyro.validation_enabled(False):
             gm = make_aten_graph(self._body, *self.params, *self.steps, *self.extra, *batch)

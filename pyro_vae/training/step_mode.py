@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 
 import pyro.optim
-import torch
 
 from ..optim import FusedOptim
 from ..pyro_internals import optim_constructor
+from .compiled import UPDATES
 
 __all__ = ["AUTO_MIN_STEPS", "BACKEND_OF", "STEP_MODES", "check_compiled_settings", "choose_step",
            "remaining_steps", "steps_per_epoch",
@@ -44,11 +44,11 @@ milliseconds); 20,000 leaves a margin for slower compilers."""
 def unsupported_settings(optimizer, world: int, jit: bool, compile) -> list[str]:
     """The settings of a run that the compiled step does not take (empty: it can be tried).
     ``optimizer`` is the run's ``PyroOptim``: a :class:`~pyro_vae.optim.FusedOptim` over
-    ``torch.optim.Adam`` (``optimizer="adam"``) is taken. Objectives, KL warm-up, free bits and
+    ``torch.optim.Adam`` or ``torch.optim.Adagrad`` (``optimizer="adam"``, ``"adagrad"``) is taken. Objectives, KL warm-up, free bits and
     named arguments are not among these: whether a pair's step can be recorded is found by
     recording and checking it."""
-    adam = isinstance(optimizer, FusedOptim) and optim_constructor(optimizer) is torch.optim.Adam
-    return [what for what, bad in ((_optimizer_label(optimizer), not adam), ("jit", bool(jit)),
+    fused = isinstance(optimizer, FusedOptim) and optim_constructor(optimizer) in UPDATES
+    return [what for what, bad in ((_optimizer_label(optimizer), not fused), ("jit", bool(jit)),
                                    ("compile", bool(compile))) if bad]
 
 
@@ -67,7 +67,7 @@ def check_compiled_settings(optimizer, world: int, jit: bool, compile) -> None:
     unsupported = unsupported_settings(optimizer, world, jit, compile)
     if unsupported:
         raise ValueError(f"step='compiled' does not support {', '.join(unsupported)} yet: it supports the optimizer "
-                         "'adam' (by name, or a FusedOptim over torch.optim.Adam), without jit or compile; "
+                         "'adam' or 'adagrad' (by name, or a FusedOptim over torch.optim.Adam or Adagrad), without jit or compile; "
                          "train with step='eager' (or 'auto', which picks eager for these settings)")
 
 
