@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..latent import latent_manifold, latent_pictures
-from ..models import MODELS
+from ..models import SingleLatentVAE
 from ..plots import save_image_grid
 from ..training import load_run
 from .args import add_data_args, resolve_device
@@ -42,8 +42,7 @@ def run(args, parser) -> int:
     out = args.output or args.run_dir / "latent"
     paths = latent_pictures(vae.model, vae.guide, x, dataset.image_shape, out, labels=labels[0] if labels else None,
                             num_samples=args.num_samples, seed=args.seed)
-    shipped_flat = config.get("model") in MODELS and config["model"] != "hierarchical"
-    if vae.latent_dim == 2 and not vae.needs_labels and shipped_flat:
+    if isinstance(vae, SingleLatentVAE) and vae.latent_dim == 2 and not vae.needs_labels:  # one site z
         images = latent_manifold(vae.model, vae.guide, x[:1], n=20)
         paths["manifold"] = save_image_grid(images, dataset.image_shape, out / "manifold.png", ncols=20,
                                             title="learned 2-D manifold: E[x|z] on a grid of Normal quantiles")
