@@ -68,7 +68,7 @@ def schedule(data, samples: float, args) -> dict:
     return {"elbo": "trace", "optimizer": "adagrad", "lr": SETTINGS[data.name]["lr"], "batch_size": 100,
             "epochs": epochs, "samples_target": samples, "samples": epochs * len(data.train),
             "hidden_dim": 20 if args.quick else SETTINGS[data.name]["hidden_dim"], "seed": args.seed,
-            "jit": args.jit, "num_train": len(data.train), "num_test": len(data.test),
+            "step": args.step, "num_train": len(data.train), "num_test": len(data.test),
             "train_copies_per_epoch": args.frey_repeat if data.name == "frey-face" else 1}
 
 
@@ -79,7 +79,7 @@ def run(data, latent_dim: int, plan: dict, folder: Path, args):
                        likelihood=data.likelihood).to(data.device)
     _runs.train_or_load(vae.model, vae.guide, data, folder, args.checkpoint_every, plan["epochs"], elbo="trace",
                         optimizer="adagrad", lr=plan["lr"], batch_size=plan["batch_size"], seed=args.seed,
-                        progress=False, log_interval=10**9, jit=args.jit)
+                        progress=False, log_interval=10**9, step=args.step)
     return vae
 
 

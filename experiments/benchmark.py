@@ -16,10 +16,8 @@ way of running the toolkit (all with Pyro's validation off, as in ``train()``'s 
   against ``eager`` in steps (``--quick`` replays the recorded graph instead: ``compiled:replay``);
 * ``pyro-svi``: plain Pyro, as its tutorials write it: ``SVI(model, guide, pyro.optim.Adam,
   Trace_ELBO())`` and ``svi.step(x)`` (``TraceMeanField_ELBO``; ``RenyiELBO(alpha=0)`` for IWAE);
-* ``jit``: ``train(jit=True)`` / ``--jit`` (:class:`pyro_vae.objectives.JitELBO`);
 * ``compile``: ``train(compile=True)`` / ``--compile`` (``torch.compile`` of the networks);
 * ``pyro-optim``: eager with ``pyro.optim.Adam`` (one optimizer per parameter, as before);
-* ``pyro-jit``: Pyro's own ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO`` (none for IWAE);
 * ``pyro-elbo``: eager with Pyro's own ``Trace_ELBO`` / ``TraceMeanField_ELBO``, which read every
   site's log-density with ``.item()`` (none for IWAE).
 
@@ -66,8 +64,7 @@ import eval_throughput  # noqa: E402  (the evaluation half of the benchmark)
 import pyro_vae  # noqa: E402
 from pyro_vae.cli.args import add_experiment_args  # noqa: E402
 from pyro_vae.data import load_dataset  # noqa: E402
-from pyro.infer import (JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO,  # noqa: E402
-                         TraceMeanField_ELBO)
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
 from pyro_vae.objectives import get_elbo  # noqa: E402
 from pyro_vae.optim import build_torch_optimizer, make_optimizer  # noqa: E402
 from pyro_vae.training import ELBOLoss, svi_step  # noqa: E402  (exactly what train() runs)
@@ -75,9 +72,10 @@ from pyro_vae.training.compiled import CompiledSVIStep  # noqa: E402
 from pyro_vae.training.speed import compile_targets, compiled_networks  # noqa: E402
 
 OBJECTIVES = {"trace": 1, "meanfield": 1, "iwae": 5}  # name -> particles
-VARIANTS = ("eager", "compiled", "jit", "compile", "pyro-optim", "pyro-jit", "pyro-elbo", "pyro-svi")
-PYRO_CLASSES = {"pyro-jit": {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO},
-                "pyro-elbo": {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO},  # Pyro has no IWAE of these
+VARIANTS = ("eager", "compiled", "compile", "pyro-optim", "pyro-elbo", "pyro-svi")
+EPOCH_VARIANTS = ("eager", "compiled", "compile", "compiled:replay")
+"""The ways of running ``train()`` that ``--epoch-variants`` times over full epochs."""
+PYRO_CLASSES = {"pyro-elbo": {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO},  # Pyro has no IWAE of these
                 "pyro-svi": {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO,
                              "iwae": lambda **kw: RenyiELBO(alpha=0.0, **kw)}}
 SETTINGS = {"small": {"hidden_dim": 64, "latent_dim": 8, "batch_sizes": [32]},
@@ -139,19 +137,15 @@ def _adam(params, fused: bool):
 
 def _toolkit_objective(variant: str, objective: str, k: int):
     if variant in PYRO_CLASSES:
-        jit_options = {"ignore_jit_warnings": True} if variant == "pyro-jit" else {}
-        return PYRO_CLASSES[variant][objective](num_particles=k, vectorize_particles=True, max_plate_nesting=1,
-                                                **jit_options)
-    return get_elbo(objective, k, max_plate_nesting=1, jit=variant == "jit")
+        return PYRO_CLASSES[variant][objective](num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+    return get_elbo(objective, k, max_plate_nesting=1)
 
 
 def _toolkit_steps(variant: str, vae, elbo, loss_fn, optim, batches) -> tuple:
     """``(run(n), setup seconds)``: ``n`` steps of the variant, and what preparing it cost."""
     start = time.perf_counter()
     step = svi_step
-    if variant == "jit":
-        elbo.compile(vae.model, vae.guide, batches[0])  # as train(jit=True) does before its first step
-    elif variant.startswith("compiled"):  # as train(step="compiled") does before its first step
+    if variant.startswith("compiled"):  # as train(step="compiled") does before its first step
         step = CompiledSVIStep(loss_fn, optim, "replay" if variant.endswith("replay") else "inductor")
         with pyro.validation_enabled(False):
             step.record((batches[0],), (batches[1],))
@@ -228,8 +222,8 @@ def bench_epoch(train_data, device, batch_size: int, objective: str, variant: st
     def ours():
         vae, _, _ = _pairs(args, device)
         result = pyro_vae.train(vae.model, vae.guide, dataset, elbo=objective, num_particles=k, batch_size=batch_size,
-                                epochs=1, progress=False, jit=variant == "jit", compile=variant == "compile",
-                                step="compiled" if variant == "compiled" else "eager")
+                                epochs=1, progress=False, compile=variant == "compile",
+                                step=variant if variant.startswith("compiled") else "eager")
         return result.train_seconds
 
     def handwritten(fused):
@@ -276,7 +270,7 @@ def measure(device: torch.device, args) -> dict:
         for objective in OBJECTIVES:
             for variant in args.variants:
                 if objective not in PYRO_CLASSES.get(variant, OBJECTIVES):
-                    continue  # Pyro has no jit or .item()-free IWAE of these classes
+                    continue  # Pyro has no IWAE class of these
                 r = bench_steps(ds.train, device, batch_size, objective, variant, args)
                 steps.append(r)
                 print(f"{device} step  b{batch_size:<5d} {objective:<9} {variant:<10}: toolkit {r['toolkit_ms_per_step']:7.2f} ms, "
@@ -380,7 +374,7 @@ def main(argv=None):
                    help="repeatable: the network and batch sizes (default: small and paper; see SETTINGS)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="instead of each setting's own")
     p.add_argument("--variants", nargs="+", choices=(*VARIANTS, "compiled:replay"), default=list(VARIANTS), help="ways of running the toolkit's step")
-    p.add_argument("--epoch-variants", nargs="+", choices=VARIANTS[:4], default=["eager", "jit"],
+    p.add_argument("--epoch-variants", nargs="+", choices=EPOCH_VARIANTS, default=["eager", "compiled"],
                    help="ways of running train() timed over full epochs")
     p.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
     p.add_argument("--warmup-steps", type=int, default=10)
@@ -390,12 +384,12 @@ def main(argv=None):
     p.add_argument("--eval-points", type=int, default=1000)
     p.add_argument("--eval-samples", type=int, default=1000)
     add_experiment_args(p, out="results/benchmark.json", quick="tiny sizes, for the tests", device=False, seed=False,
-                        jit=False)
+                        step=False)
     args = p.parse_args(argv)
     if args.quick:  # the compiled variant replays its recorded graph here (no compiler: seconds, not a minute)
         args.setting, args.batch_sizes, args.steps, args.warmup_steps, args.repeats = ["small"], [100], 5, 2, 1
-        args.variants = ["eager", "compiled:replay", "jit", "pyro-optim", "pyro-elbo", "pyro-svi"]
-        args.epoch_variants = ["jit"]
+        args.variants = ["eager", "compiled:replay", "pyro-optim", "pyro-elbo", "pyro-svi"]
+        args.epoch_variants = ["compiled:replay"]
         args.epoch_repeats, args.epoch_points, args.eval_points, args.eval_samples = 1, 1000, 20, 100
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     report = {"what": "ms per training step and s per epoch, toolkit vs hand-written PyTorch; evaluation throughput",

@@ -31,7 +31,7 @@ per cell its schedule, the epochs done and whether it finished.
 
     python experiments/burda_table1.py --schedule full --out results/burda           # GPU, days
     python experiments/burda_table1.py --schedule short --layers 1 --ks 1 5 --out results/burda
-    python experiments/burda_table1.py --stages 2 --num-test 1000 --jit --out results/burda_cpu  # CPU, an hour
+    python experiments/burda_table1.py --stages 2 --num-test 1000 --out results/burda_cpu  # CPU, an hour
     python experiments/burda_table1.py --quick --out /tmp/burda                       # seconds
 """
 
@@ -121,7 +121,7 @@ def run(data, layers: int, objective: str, k: int, args, cell: Path) -> dict:
             continue
         result = pyro_vae.train(vae.model, vae.guide, data, elbo=elbo, num_particles=k, optimizer=optim,
                                 batch_size=args.batch_size, epochs=stage_epochs, seed=args.seed + i,
-                                clear_params=i == first, progress=False, log_interval=10**9, jit=args.jit,
+                                clear_params=i == first, progress=False, log_interval=10**9, step=args.step,
                                 out=_runs.run_folder(folders[i], args.checkpoint_every))
         print(f"  stage {i}: {stage_epochs} epoch(s) at lr {lr:.2e}, test ELBO {result.final['test_elbo']:.2f}",
               flush=True)
@@ -161,7 +161,7 @@ def write_outputs(args, rows) -> list[str]:
     (args.out / "report.json").write_text(json.dumps({"machine": machine, "torch": torch.__version__,
                                                       "schedule": args.schedule, "stages": args.stages,
                                                       "seed": args.seed, "batch_size": args.batch_size,
-                                                      "jit": args.jit, "rows": rows}, indent=2))
+                                                      "step": args.step, "rows": rows}, indent=2))
     lines = [f"# Burda et al. (2015) Table 1 — {machine}, schedule {args.schedule}"
              + (f" (first {args.stages} stage(s))" if args.stages else ""), "",
              f"-log p̂(x) with k = {args.num_samples} on {rows[0]['num_test']} test points (nats, lower is "

@@ -179,7 +179,7 @@ def run_one(data, name: str, seed: int, initial: dict, folder: Path, args):
     vae = pyro_vae.VAE(784, args.latent_dim, args.hidden_dim).to(args.device)
     vae.load_state_dict(initial)
     _runs.train_or_load(vae.model, vae.guide, data, folder, args.checkpoint_every, args.epochs, elbo=elbo,
-                        num_particles=k, lr=args.lr, seed=seed, progress=False, log_interval=10**9, jit=args.jit)
+                        num_particles=k, lr=args.lr, seed=seed, progress=False, log_interval=10**9, step=args.step)
     history = _runs.history(folder)
     evaluation = folder / "evaluation.json"
     if not evaluation.is_file():

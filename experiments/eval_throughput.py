@@ -140,7 +140,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--run-dir", default=None, help="use a trained run's weights (default: fresh weights)")
     add_experiment_args(p, out="results/eval_throughput.json", quick="tiny sizes, for the tests", device=False,
-                        seed=False, jit=False)
+                        seed=False, step=False)
     args = p.parse_args(argv)
     if args.quick:
         args.num_points, args.num_samples, args.repeats, args.hidden_dim = 20, 100, 1, 100

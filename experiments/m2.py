@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="K for log p̂(x)")
     p.add_argument("--num-eval", type=int, default=1000, help="test images for log p̂(x)")
     add_experiment_args(p, out="results/m2", quick="2000 training images, 100 labels, 1 epoch, small nets, K=10",
-                        jit=False)
+                        step=False)
     _runs.add_run_args(p, checkpoint_every=2000)
     args = p.parse_args(argv)
     if args.out.suffix == ".json":  # the test harness passes a file name: use its folder

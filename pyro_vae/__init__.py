@@ -8,6 +8,7 @@ Every public name is listed in ``__all__``; the modules hold one idea each (see 
 layout and the API reference under ``docs/``).
 """
 
+from .autoguide import AutoAmortizedNormal
 from .check import ModelGuideError, check_model_guide
 from .data import DataNotFoundError, Dataset, load_dataset
 from .evaluation import LogLikelihoodResult, PairedComparison, estimate_log_likelihood, evaluate_elbo
@@ -19,6 +20,8 @@ from .models import (
     ConvVAE,
     FlowVAE,
     HierarchicalVAE,
+    LadderVAE,
+    NVAE,
     SemiSupervisedVAE,
     build_model,
 )
@@ -26,7 +29,6 @@ from .objectives import (
     ELBO_NAMES,
     FreeBitsELBO,
     IWAE_ELBO,
-    JitELBO,
     Trace_ELBO,
     TraceEnum_ELBO,
     TraceMeanField_ELBO,
@@ -53,6 +55,7 @@ __all__ = [
     "IWAE_ELBO",
     "MODELS",
     "VAE",
+    "AutoAmortizedNormal",
     "CheckpointError",
     "ConditionalVAE",
     "ConvVAE",
@@ -62,7 +65,8 @@ __all__ = [
     "FreeBitsELBO",
     "FusedOptim",
     "HierarchicalVAE",
-    "JitELBO",
+    "LadderVAE",
+    "NVAE",
     "KLSchedule",
     "LogLikelihoodResult",
     "ModelGuideError",

@@ -8,6 +8,7 @@ notebook's inline backend stays) and leaves no figure open.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def save_image_grid(images: torch.Tensor, image_shape, path: str | Path, ncols: 
     return _save(fig, path)
 
 
+def _legend_label(label: str, width: int = 60) -> str:
+    """An objective's label for a legend: class paths cut to the class name
+    (``pyro_vae.objectives.trace.Trace_ELBO(...)`` -> ``Trace_ELBO(...)``), wrapped at ``width``."""
+    return textwrap.fill(re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)\(", r"\1(", label), width)
+
+
 def plot_elbo_curves(results: dict, path: str | Path, batch_size: int, title: str = "") -> Path:
     """ELBO (nats per datapoint, higher is better) against training samples seen; a PNG at ``path``.
 
@@ -62,7 +69,7 @@ def plot_elbo_curves(results: dict, path: str | Path, batch_size: int, title: st
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     for i, (label, result) in enumerate(results.items()):
-        color = f"C{i}"
+        color, label = f"C{i}", _legend_label(label)
         if result.curve:
             ax.plot([c["samples_seen"] for c in result.curve], [c["train_elbo"] for c in result.curve],
                     "-", color=color, alpha=0.7, label=f"{label}: train (running)")

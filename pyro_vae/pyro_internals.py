@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 
-import pyro.ops.jit
 import torch
 from pyro.distributions.util import is_identically_zero as _is_identically_zero
 from pyro.distributions.util import scale_and_mask as _scale_and_mask
@@ -30,7 +29,6 @@ from pyro.poutine.util import site_is_subsample as _site_is_subsample
 __all__ = [
     "MessageHook",
     "TracelessELBO",
-    "compiled_graphs",
     "compute_dice_elbo",
     "compute_log_r",
     "elbo_traces",
@@ -39,7 +37,6 @@ __all__ = [
     "inductor_compile",
     "is_deterministic",
     "is_identically_zero",
-    "jit_trace",
     "log_r_sum_to",
     "make_aten_graph",
     "optim_args",
@@ -172,19 +169,7 @@ class MessageHook(Messenger):
         self.process(msg)
 
 
-# -- compilation and parameters -------------------------------------------------------------------
-
-
-def jit_trace(fn, ignore_warnings: bool = True):
-    """``fn`` compiled by ``torch.jit.trace`` at its first call, with the param store's
-    parameters passed to the graph (``pyro.ops.jit.trace``)."""
-    return pyro.ops.jit.trace(fn, ignore_warnings=ignore_warnings)
-
-
-def compiled_graphs(fn) -> int:
-    """Number of graphs that a function from :func:`jit_trace` has recorded so far (0 before its
-    first call; Pyro records one per number of arguments and keyword names, not per shape)."""
-    return len(fn.compiled)
+# -- parameters and optimizers --------------------------------------------------------------------
 
 
 def unconstrained_param(value):

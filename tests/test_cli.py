@@ -1,10 +1,25 @@
 """The command line, end to end, in real subprocesses."""
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
+
+
+def main_in_process(capsys, *args) -> tuple[int, str, str]:
+    """``pyro-vae ARGS`` in this process (no interpreter start-up): ``(exit status, stdout,
+    stderr)``; argparse's own exits (``--help``, ``--version``, bad choices) included."""
+    from pyro_vae.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def run_cli(*args, check=True):
@@ -54,28 +69,28 @@ def test_demo_quick(data_root, tmp_path):
         assert (tmp_path / elbo / "evaluation.json").is_file()
 
 
-def test_missing_data_gives_clear_error(tmp_path):
-    proc = run_cli("train", "--data-dir", str(tmp_path), "--no-download", "--out", str(tmp_path / "r"), check=False)
-    assert proc.returncode == 2
-    assert "train-images-idx3-ubyte.gz" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_data_gives_clear_error(tmp_path, capsys):
+    code, _, err = main_in_process(capsys, "train", "--data-dir", str(tmp_path), "--no-download",
+                                   "--out", str(tmp_path / "r"))
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
-def test_unknown_names_list_the_choices():
-    proc = run_cli("train", "--dataset", "cifar", check=False)
-    assert proc.returncode == 2 and "binarized-mnist" in proc.stderr
-    proc = run_cli("train", "--elbo", "renyi", check=False)
-    assert proc.returncode == 2 and "meanfield" in proc.stderr
+def test_unknown_names_list_the_choices(capsys):
+    code, _, err = main_in_process(capsys, "train", "--dataset", "cifar")
+    assert code == 2 and "binarized-mnist" in err
+    code, _, err = main_in_process(capsys, "train", "--elbo", "renyi")
+    assert code == 2 and "meanfield" in err and "dreg" in err
 
 
 def test_version():
-    assert run_cli("--version").stdout.startswith("pyro-vae ")
+    assert run_cli("--version").stdout.startswith("pyro-vae ")  # the entry point, in a new interpreter
 
 
-def test_models_lists_every_pair():
+def test_models_lists_every_pair(capsys):
     from pyro_vae.models import MODELS
 
-    out = run_cli("models").stdout
+    _, out, _ = main_in_process(capsys, "models")
     for name, cls in MODELS.items():
         assert f"{name} " in out and cls.description in out
     assert "stochastic_layers=2" in out and "takes class labels y" in out
@@ -85,10 +100,9 @@ def test_zoo_model_from_the_cli_then_latent_pictures(data_root, tmp_path):
     run = tmp_path / "cvae"
     run_cli("train", "--model", "conditional", "--num-train", "500", "--num-test", "60", "--epochs", "1",
             "--latent-dim", "2", "--hidden-dim", "50", "--beta", "2", "--out", str(run), "--no-progress",
-            "--device", "cpu", "--jit", "--data-dir", str(data_root))
+            "--device", "cpu", "--data-dir", str(data_root))
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "conditional" and config["model_config"]["beta"] == 2.0 and config["labels"]
-    assert config["jit"] is True
     proc = run_cli("latent", str(run), "--num-test", "40", "--num-samples", "10", "--data-dir", str(data_root))
     for name in ("interpolation", "traversal", "anomalies"):
         assert (run / "latent" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
@@ -100,8 +114,9 @@ def test_zoo_model_from_the_cli_then_latent_pictures(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("sub", ["train", "evaluate", "demo", "latent"])
-def test_help(sub):
-    assert "usage" in run_cli(sub, "--help").stdout
+def test_help(sub, capsys):
+    code, out, _ = main_in_process(capsys, sub, "--help")
+    assert code == 0 and "usage" in out
 
 
 def test_a_demo_run_resumes_with_its_own_objective(data_root, tmp_path):
@@ -113,3 +128,39 @@ def test_a_demo_run_resumes_with_its_own_objective(data_root, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "meanfield" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert json.loads((tmp_path / "meanfield" / "config.json").read_text())["elbo"] == "meanfield"
+
+
+JIT_REMOVED = ("--jit was removed: the compiled SVI step replaces it and is the default (--step auto); "
+               "--step compiled forces it, --eager turns it off")
+
+
+def test_the_removed_jit_flag_says_what_replaces_it(capsys):
+    code, _, err = main_in_process(capsys, "train", "--jit")
+    assert code == 2 and JIT_REMOVED in err
+    assert "--jit" not in main_in_process(capsys, "train", "--help")[1]
+    from pyro_vae.cli.args import add_experiment_args  # the experiment scripts' options
+
+    parser = argparse.ArgumentParser()
+    add_experiment_args(parser, out="out", quick="tiny")
+    assert [parser.parse_args(flags).step for flags in ([], ["--step", "compiled"], ["--eager"])] == [
+        "auto", "compiled", "eager"]
+    assert "jit" not in vars(parser.parse_args([]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--jit"])
+    assert JIT_REMOVED in capsys.readouterr().err
+
+
+def test_a_run_written_with_the_removed_jit_flag_resumes(data_root, tmp_path):
+    """A run of ``pyro-vae train --jit`` from before the flag was removed: config.json records
+    ``jit`` among the settings and the command-line options; ``--resume`` ignores it."""
+    run = tmp_path / "run"
+    run_cli("train", "--num-train", "200", "--num-test", "50", "--epochs", "1", "--latent-dim", "3",
+            "--hidden-dim", "20", "--out", str(run), "--no-progress", "--device", "cpu", "--data-dir", str(data_root))
+    config = json.loads((run / "config.json").read_text())
+    config["jit"], config["cli"]["jit"] = True, True
+    (run / "config.json").write_text(json.dumps(config))
+    run_cli("train", "--resume", str(run), "--epochs", "2", "--no-progress", "--data-dir", str(data_root))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    config = json.loads((run / "config.json").read_text())
+    assert "jit" not in config and "jit" not in config["cli"]

@@ -31,7 +31,7 @@ def _exact_guide_with_param(x):
 
 OBJECTS = [
     lambda: Trace_ELBO(num_particles=2, vectorize_particles=True),
-    lambda: TraceEnum_ELBO(max_plate_nesting=1),
+    lambda: TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),  # no enumerated site here
     lambda: RenyiELBO(alpha=0, num_particles=3),
     lambda: MyELBO(),
 ]
@@ -58,11 +58,7 @@ def test_renyi_alpha_0_is_computed_as_iwae_and_others_are_refused_by_name():
         get_elbo(3)
 
 
-def test_pyros_trace_elbo_under_jit_is_still_refused_and_settings_belong_to_the_object():
-    with pytest.raises(TypeError, match="JitELBO needs pyro_vae.objectives.Trace_ELBO"):
-        get_elbo(Trace_ELBO(), jit=True)
-    with pytest.raises(TypeError, match="jit with pyro.infer.traceenum_elbo.TraceEnum_ELBO"):
-        get_elbo(TraceEnum_ELBO(max_plate_nesting=1), jit=True)
+def test_settings_belong_to_the_object():
     with pytest.raises(ValueError, match="carries its own settings"):
         get_elbo(Trace_ELBO(num_particles=2), num_particles=5)
 
@@ -125,7 +121,7 @@ def test_train_accepts_an_elbo_object_without_a_run_folder():
                    epochs=3, batch_size=50, lr=0.05, progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert all(h["skipped_steps"] == 0 for h in result.history)
-    assert float(pyro.param("loc").abs().max()) > 0.05  # 12 Adam steps of lr 0.05 moved it
+    assert float(pyro.param("loc").detach().abs().max()) > 0.05  # 12 Adam steps of lr 0.05 moved it
 
 
 def test_train_records_an_elbo_object_in_its_run_folder(tmp_path):

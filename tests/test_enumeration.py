@@ -194,11 +194,6 @@ def test_enumerated_site_in_a_nested_plate_is_refused():
         check_model_guide(model, guide, PAIR.sample(10), elbo="enum")
 
 
-def test_jit_with_enum_is_refused_by_name():
-    with pytest.raises(ValueError, match="jit=True with elbo 'enum'.*#3338"):
-        get_elbo("enum", jit=True)
-
-
 def _learnable_guide():
     """q(y | x) a softmax of quadratic features, q(z | x, y) affine in x per component."""
     C, D, L = PAIR.C, PAIR.D, PAIR.L

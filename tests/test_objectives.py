@@ -12,7 +12,7 @@ import torch
 from linear_gaussian import LinearGaussian
 from pyro.infer import RenyiELBO
 
-from pyro_vae import IWAE_ELBO, VAE, get_elbo
+from pyro_vae import ELBO_NAMES, IWAE_ELBO, VAE, get_elbo
 from pyro_vae.models import FlowVAE
 from pyro_vae.objectives import FreeBitsELBO, Trace_ELBO, TraceMeanField_ELBO, scale_latents
 
@@ -220,11 +220,22 @@ def test_every_objective_name_is_exported_from_the_package():
 
     expected = {"ELBO_NAMES": "registry", "get_elbo": "registry", "Trace_ELBO": "trace",
                 "TraceMeanField_ELBO": "meanfield", "IWAE_ELBO": "iwae", "FreeBitsELBO": "free_bits",
-                "scale_latents": "scaling", "JitELBO": "jit", "TraceEnum_ELBO": "enum"}
+                "scale_latents": "scaling", "TraceEnum_ELBO": "enum"}
     assert set(expected) <= set(objectives.__all__)
     for name, module in expected.items():
         obj = getattr(objectives, name)
         if name != "ELBO_NAMES":
             assert obj.__module__ == f"pyro_vae.objectives.{module}", name
-    assert objectives.ELBO_NAMES == ("trace", "meanfield", "iwae", "enum")
+    assert objectives.ELBO_NAMES == ("trace", "meanfield", "iwae", "enum", "stl", "iwae-stl", "dreg", "miwae",
+                                     "piwae", "ciwae")
     assert all(hasattr(objectives, name) for name in objectives.__all__)
+
+
+@pytest.mark.parametrize("name", ELBO_NAMES)
+def test_each_name_has_the_checker_rules_of_the_object_it_builds(name):
+    """The checker reads a name's rules without building the objective (check.NAMED_RULES): the
+    same rules as the object ``get_elbo(name)`` says it needs (``checker_rules``, or its class)."""
+    from pyro_vae.check.objective_rules import rules_of
+    from pyro_vae.objectives import get_elbo
+
+    assert rules_of(name).name == rules_of(get_elbo(name, num_particles=2)).name

@@ -3,6 +3,7 @@
 The subprocess tests run the real command line on real MNIST and send real signals.
 """
 
+import json
 import math
 import os
 import pickle
@@ -110,6 +111,32 @@ def test_resume_to_more_epochs_and_resume_errors(mnist, tmp_path):
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(vae.model, vae.guide, data, epochs=1, **settings)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_run_folder_written_with_the_removed_jit_setting_resumes(mnist, tmp_path):
+    """Runs of pyro-vae before the ``torch.jit.trace`` path was removed record ``"jit"`` in config.json
+    and in the checkpoint's settings: a speed setting (the same numbers), ignored on resume."""
+    data = mnist.subset(num_train=200, num_test=50)
+    settings = dict(batch_size=50, progress=False)
+    pyro.set_rng_seed(0)
+    vae = VAE(784, latent_dim=3, hidden_dim=20)
+    straight = train(vae.model, vae.guide, data, epochs=2, out=tmp_path / "straight", **settings)
+    expected = params()
+    pyro.set_rng_seed(0)
+    vae = VAE(784, latent_dim=3, hidden_dim=20)
+    train(vae.model, vae.guide, data, epochs=1, out=tmp_path / "old", **settings)
+    config, checkpoint = tmp_path / "old" / "config.json", tmp_path / "old" / "checkpoint.pt"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "jit": True}))
+    state = read_checkpoint(checkpoint)
+    state["config"]["jit"] = True
+    torch.save(state, checkpoint)
+
+    pyro.clear_param_store()
+    fresh = VAE(784, latent_dim=3, hidden_dim=20)
+    resumed = train(fresh.model, fresh.guide, data, epochs=2, out=RunFolder(tmp_path / "old", resume=True), **settings)
+    assert_bitwise_equal(params(), expected)
+    assert [h["test_elbo"] for h in resumed.history] == [h["test_elbo"] for h in straight.history]
+    assert "jit" not in json.loads(config.read_text())  # the resumed run records today's settings
 
 
 def test_best_checkpoint_by_validation_elbo(mnist, data_root, tmp_path):

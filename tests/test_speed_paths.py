@@ -1,4 +1,4 @@
-"""The fast paths give the eager path's numbers: jit (JitELBO), torch.compile, the fused optimizer.
+"""The fast paths give the eager path's numbers: torch.compile, the fused optimizer; one host read a step.
 
 Real MNIST, real Pyro inference; each fast path is compared with the eager one at the same seeds.
 """
@@ -7,16 +7,15 @@ import contextlib
 
 import pyro
 import pyro.distributions as dist
-import pyro.infer
 import pyro.optim
 import pytest
 import torch
 from torch import nn
 
 from pyro_vae import VAE, train
-from pyro_vae.objectives import JitELBO, get_elbo
+from pyro_vae.objectives import get_elbo
 from pyro_vae.optim import FusedOptim, make_optimizer, scale_learning_rate
-from pyro_vae.training import ELBOLoss, KLSchedule, RunFolder, svi_step
+from pyro_vae.training import ELBOLoss, svi_step
 
 PARTICLES = {"trace": 1, "meanfield": 1, "iwae": 5}
 
@@ -30,9 +29,6 @@ def run_steps(objective, optim, batches, seed=1):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = VAE(784, latent_dim=5, hidden_dim=64)
-    if isinstance(objective, JitELBO):
-        for x in {tuple(b.shape): b for b in batches}.values():
-            objective.compile(vae.model, vae.guide, x)
     loss_fn = ELBOLoss(vae, objective, vae.model, vae.guide)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
@@ -44,64 +40,6 @@ def run_steps(objective, optim, batches, seed=1):
 def batches(mnist):
     x = torch.bernoulli(mnist.train[:200], generator=torch.Generator().manual_seed(0))
     return [x[:64], x[64:128], x[128:164], x[164:]]  # two shapes, as full and last minibatches
-
-
-@pytest.mark.parametrize("elbo", ["trace", "meanfield", "iwae"])
-def test_jit_steps_equal_eager_steps(elbo, batches):
-    k = PARTICLES[elbo]
-    eager_losses, eager = run_steps(get_elbo(elbo, k, max_plate_nesting=1), make_optimizer("adam", 1e-2), batches)
-    jit = get_elbo(elbo, k, max_plate_nesting=1, jit=True)
-    jit_losses, compiled = run_steps(jit, make_optimizer("adam", 1e-2), batches)
-    # the recorded graph draws the same noise as the eager code: equal up to float rounding
-    assert jit_losses == pytest.approx(eager_losses, rel=1e-5)
-    for name in eager:
-        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5)
-    # one graph per argument shape, recorded once: no re-tracing at later steps
-    assert len(jit.compiled) == 2
-    assert all(len(fn.compiled) == 1 for fn in jit.compiled.values())
-
-
-def test_jit_loss_value_follows_training(batches):
-    """Pyro's Trace_ELBO forms its value with .item(), which a trace would freeze: ours does not."""
-    vae = VAE(784, latent_dim=5, hidden_dim=64)
-    eager = get_elbo("meanfield", max_plate_nesting=1)
-    jit = JitELBO(eager)
-    jit.compile(vae.model, vae.guide, batches[0])
-    loss_fn = ELBOLoss(vae, jit, vae.model, vae.guide)
-    optim = make_optimizer("adam", 5e-2)
-    losses = [float(svi_step(loss_fn, optim, batches[0])[0]) for _ in range(15)]
-    values = []
-    for objective in (eager, jit):
-        pyro.set_rng_seed(3)
-        values.append(objective.differentiable_loss(vae.model, vae.guide, batches[0]).item())
-    assert losses[-1] < 0.8 * losses[0]  # training moved the loss a lot ...
-    assert values[1] == pytest.approx(values[0], rel=1e-5)  # ... and the graph's value moved with it
-    with pytest.raises(TypeError, match=r"not pyro.infer.TraceMeanField_ELBO.*get_elbo\(name, jit=True\)"):
-        JitELBO(pyro.infer.TraceMeanField_ELBO())  # its .item() value would be frozen
-
-
-class DataScaledPair(nn.Module):
-    """A pair that takes a Python number from its input: torch.jit.trace would freeze it."""
-
-    def __init__(self):
-        super().__init__()
-        self.vae = VAE(784, latent_dim=3, hidden_dim=16)
-
-    def model(self, x):
-        with pyro.poutine.scale(scale=float(x.mean())):
-            self.vae.model(x)
-
-    def guide(self, x):
-        with pyro.poutine.scale(scale=float(x.mean())):
-            self.vae.guide(x)
-
-
-def test_jit_refuses_a_pair_whose_constants_depend_on_the_data(mnist):
-    pair = DataScaledPair()
-    data = mnist.subset(num_train=300, num_test=50)
-    with pytest.raises(ValueError, match=r"compiled \(jit\) loss .* differs from the eager loss .* train it without jit"):
-        train(pair.model, pair.guide, data, batch_size=100, jit=True, progress=False)
-    train(pair.model, pair.guide, data, batch_size=100, progress=False)  # eager is fine
 
 
 @contextlib.contextmanager
@@ -127,15 +65,12 @@ def host_reads():
             setattr(torch.Tensor, name, method)
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("elbo", ["trace", "meanfield", "iwae"])
-def test_a_step_reads_one_boolean_to_the_host(elbo, jit, batches):
+def test_a_step_reads_one_boolean_to_the_host(elbo, batches):
     """The step loop's only host sync is the finiteness flag: no .item() in the ELBOs (Pyro's
     Trace_ELBO makes six host reads a step for this pair, TraceMeanField_ELBO four)."""
     vae = VAE(784, latent_dim=5, hidden_dim=64)
-    objective = get_elbo(elbo, PARTICLES[elbo], max_plate_nesting=1, jit=jit)
-    if jit:
-        objective.compile(vae.model, vae.guide, batches[0])
+    objective = get_elbo(elbo, PARTICLES[elbo], max_plate_nesting=1)
     loss_fn = ELBOLoss(vae, objective, vae.model, vae.guide)
     optim = make_optimizer("adam", 1e-3)
     with pyro.validation_enabled(False):
@@ -160,14 +95,7 @@ def test_train_reads_one_boolean_per_step(mnist):
     assert reads(1000) - reads(500) == 10  # ten more steps, ten more reads
 
 
-def test_jit_with_kl_warmup_is_refused(mnist):
-    vae = VAE(784, latent_dim=3, hidden_dim=16)
-    with pytest.raises(ValueError, match="warm-up factor as a constant"):
-        train(vae.model, vae.guide, mnist.subset(num_train=200), schedule=KLSchedule(warmup_steps=10), jit=True, progress=False)
-
-
-@pytest.mark.parametrize("options", [{"jit": True}, {"compile": True}], ids=["jit", "compile"])
-def test_train_fast_paths_equal_eager(options, mnist):
+def test_train_with_compiled_networks_equals_eager(mnist):
     data = mnist.subset(num_train=1050, num_test=500)  # 11 steps of 100, the last one of 50
 
     def run(**kw):
@@ -178,30 +106,13 @@ def test_train_fast_paths_equal_eager(options, mnist):
         return result, params(), vae
 
     eager, eager_params, _ = run()
-    fast, fast_params, vae = run(**options)
+    fast, fast_params, vae = run(compile=True)
     for e, f in zip(eager.history, fast.history):
         assert f["train_elbo"] == pytest.approx(e["train_elbo"], abs=1e-3)
         assert f["test_elbo"] == pytest.approx(e["test_elbo"], abs=1e-3)
     for name in eager_params:
         torch.testing.assert_close(fast_params[name], eager_params[name], rtol=1e-4, atol=1e-5)
     assert all(m._compiled_call_impl is None for m in vae.children())  # compile is undone after the run
-
-
-def test_jit_resume_is_bitwise_equal(mnist, tmp_path):
-    data = mnist.subset(num_train=500, num_test=50)
-
-    def run(out, epochs, resume=False):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(123)  # a different RNG state: the checkpoint must restore everything
-        vae = VAE(784, latent_dim=3, hidden_dim=32)
-        train(vae.model, vae.guide, data, batch_size=100, epochs=epochs, out=RunFolder(out, resume=resume), jit=True,
-              seed=0, progress=False)
-        return params()
-
-    straight = run(tmp_path / "a", 2)
-    run(tmp_path / "b", 1)
-    resumed = run(tmp_path / "b", 2, resume=True)
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 def test_fused_optim_is_pyro_adam_in_one_optimizer(batches):

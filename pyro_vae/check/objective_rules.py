@@ -24,7 +24,7 @@ from .errors import ModelGuideError
 from .rules import distribution_name
 from .structure import PairStructure, pair_structure
 
-__all__ = ["ObjectiveRules", "check_objective", "free_bits_refusal", "rules_of", "same_factor", "structure_of"]
+__all__ = ["NAMED_RULES", "ObjectiveRules", "check_objective", "free_bits_refusal", "rules_of", "same_factor", "structure_of"]
 
 
 class ObjectiveRules(NamedTuple):
@@ -40,20 +40,27 @@ class ObjectiveRules(NamedTuple):
     max_plate_nesting: float
 
 
+NAMED_RULES = {"stl": "iwae", "iwae-stl": "iwae", "dreg": "iwae", "miwae": "iwae", "piwae": "iwae", "ciwae": "iwae"}
+"""The rule set of each objective name that is not a rule set's own name: the gradient estimators
+of :mod:`pyro_vae.objectives.gradients` need what ``iwae`` needs (reparameterized guide sites,
+per-datapoint weights at one common scale). Their classes say the same in ``checker_rules``."""
+
+
 def rules_of(elbo, free_bits: float = 0.0) -> ObjectiveRules:
     """The :class:`ObjectiveRules` of ``elbo``: a name or ``None`` as given; an ELBO object by what
     it computes (pyro-vae's objectives say so in ``checker_rules``; Pyro's classes and users'
-    subclasses of them by their base class; a ``JitELBO`` by the objective it compiles).
+    subclasses of them by their base class; an objective that wraps another in its ``elbo``
+    attribute by the wrapped one).
 
     Raises:
         TypeError: ``elbo`` is neither a name, ``None``, nor a ``pyro.infer.ELBO``.
     """
     if elbo is None or isinstance(elbo, str):
-        return ObjectiveRules(elbo, free_bits, False, math.inf)
+        return ObjectiveRules(NAMED_RULES.get(elbo, elbo), free_bits, False, math.inf)
     if not isinstance(elbo, pyro.infer.ELBO):
         raise TypeError(f"elbo must be a name (e.g. \"trace\"), a pyro.infer.ELBO instance or None, "
                         f"not {type(elbo).__name__}")
-    inner = getattr(elbo, "elbo", None)  # JitELBO compiles another objective
+    inner = getattr(elbo, "elbo", None)  # an objective that wraps another (SpectralRegularizedELBO)
     if isinstance(inner, pyro.infer.ELBO):
         return rules_of(inner, free_bits)
     # Pyro's ELBO counts its vectorized particle plate in max_plate_nesting (ELBO.__init__ adds 1)

@@ -17,11 +17,18 @@ from ..likelihoods import LIKELIHOODS
 from ..models import MODELS, model_options
 from ..objectives import ELBO_NAMES
 from ..optim import OPTIMIZERS
+from ..training.step_mode import AUTO_MIN_STEPS, STEP_MODES
 
-__all__ = ["DEFAULT_HIDDEN", "add_data_args", "add_experiment_args", "add_model_args", "add_optimization_args",
-           "add_train_args", "labels_by_name", "load_data", "model_config", "resolve_device"]
+__all__ = ["DEFAULT_HIDDEN", "JIT_REMOVED", "STEP_CHOICES", "add_data_args", "add_experiment_args", "add_model_args",
+           "add_optimization_args", "add_step_args", "add_train_args", "labels_by_name", "load_data", "model_config",
+           "resolve_device"]
 
 DEFAULT_HIDDEN = {"frey-face": 200}  # 500 for the MNIST-like data sets (Kingma & Welling 2013)
+STEP_CHOICES = tuple(mode for mode in STEP_MODES if mode != "compiled:replay")  # replay: for tests, from Python
+"""The values of ``--step``."""
+JIT_REMOVED = ("--jit was removed: the compiled SVI step replaces it and is the default (--step auto); "
+               "--step compiled forces it, --eager turns it off")
+"""What the hidden ``--jit`` exits with (the ``torch.jit.trace`` path it turned on is gone)."""
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -46,24 +53,25 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_experiment_args(p: argparse.ArgumentParser, out: str, quick: str, device: bool = True, seed: bool = True,
-                        jit: bool = True) -> None:
+                        step: bool = True) -> None:
     """The options the experiment scripts share: ``--device`` (a name, default ``cuda`` when
-    available), ``--data-dir``, ``--seed``, ``--jit``, ``--out`` (default ``out``) and ``--quick``
-    (``quick`` says what it shrinks); ``device``, ``seed`` and ``jit`` leave theirs out."""
+    available), ``--data-dir``, ``--seed``, ``--step`` / ``--eager`` (:func:`add_step_args`), ``--out``
+    (default ``out``) and ``--quick`` (``quick`` says what it shrinks); ``device``, ``seed`` and
+    ``step`` leave theirs out."""
     if device:
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-dir", default=None, help="data root (default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
     if seed:
         p.add_argument("--seed", type=int, default=0)
-    if jit:
-        p.add_argument("--jit", action="store_true", help="train with jit=True (the same numbers, faster steps)")
+    if step:
+        add_step_args(p)
     p.add_argument("--out", type=Path, default=Path(out))
     p.add_argument("--quick", action="store_true", help=quick)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The pair and its options: ``--dataset``, ``--model``, ``--likelihood``, ``--beta``,
-    ``--kl-warmup``, ``--free-bits``, ``--num-flows``, ``--stochastic-layers``, sizes."""
+    ``--kl-warmup``, ``--free-bits``, ``--spectral-regularization``, ``--num-flows``, ``--stochastic-layers``, ``--groups``, sizes."""
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
     p.add_argument("--model", default="mlp", choices=list(MODELS), help="model/guide pair (see: pyro-vae models)")
     p.add_argument("--likelihood", default=None, choices=list(LIKELIHOODS),
@@ -74,8 +82,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="raise the KL weight linearly from 1/STEPS to 1 over STEPS steps")
     p.add_argument("--free-bits", type=float, default=0.0, metavar="NATS",
                    help="free bits per latent dimension (needs --elbo meanfield)")
+    p.add_argument("--spectral-regularization", type=float, default=0.0, metavar="LAMBDA",
+                   help="add LAMBDA times the sum of every layer's largest singular value, per datapoint, to the "
+                        "gradient (NVAE's regularizer; objectives.SpectralRegularizedELBO); the ELBO reported stays "
+                        "the ELBO")
     p.add_argument("--num-flows", type=int, default=None, help="iaf: number of autoregressive transforms")
-    p.add_argument("--stochastic-layers", type=int, default=None, help="hierarchical: number of latent layers")
+    p.add_argument("--stochastic-layers", type=int, default=None,
+                   help="hierarchical, ladder: number of latent layers")
+    p.add_argument("--groups", type=int, default=None, help="nvae: number of latent groups")
     p.add_argument("--latent-dim", type=int, default=None, help="default: the model's (20; 50 for hierarchical)")
     p.add_argument("--hidden-dim", type=int, default=None,
                    help="default: the model's (500; 200 for hierarchical), 200 on Frey Face")
@@ -83,8 +97,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_optimization_args(p: argparse.ArgumentParser, epochs: int) -> None:
     """``--num-particles``, ``--optimizer``, ``--lr``, ``--batch-size``, ``--epochs`` (default
-    ``epochs``), ``--seed``, ``--num-train``, ``--valid-size``, ``--no-progress``, ``--jit``,
-    ``--compile``, ``--step``."""
+    ``epochs``), ``--seed``, ``--num-train``, ``--valid-size``, ``--no-progress``, ``--compile``,
+    ``--step`` / ``--eager``."""
     p.add_argument("--num-particles", type=int, default=1,
                    help="samples per datapoint per step (K for --elbo iwae)")
     p.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS))
@@ -98,16 +112,34 @@ def add_optimization_args(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="hold out the last N training points as a validation set: valid_elbo each epoch and "
                         "best.pt, the checkpoint with the best one (binarized-mnist has its own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--jit", action="store_true",
-                   help="compile the loss with torch.jit.trace (static pairs; checked against the eager loss first)")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the networks (optional MODE: reduce-overhead uses CUDA graphs, max-autotune)")
-    p.add_argument("--step", default="auto", choices=("auto", "eager", "compiled"),
-                   help="auto (default): the compiled step for CPU runs of 20000+ steps whose settings allow it (a "
-                        "resumed run keeps its mode), else eager; compiled: record the whole SVI step once and compile it with inductor (faster steps "
-                        "after a 10-60 s compile; adam; see pyro_vae.training.step_mode)")
+    add_step_args(p)
+
+
+def add_step_args(p: argparse.ArgumentParser) -> None:
+    """``--step auto|eager|compiled`` (:data:`STEP_CHOICES`, default ``auto``), ``--eager`` (the same
+    as ``--step eager``) and a hidden ``--jit`` that exits with :data:`JIT_REMOVED`."""
+    p.add_argument("--step", default="auto", choices=STEP_CHOICES,
+                   help=f"auto (default): the compiled step for CPU runs of {AUTO_MIN_STEPS}+ steps whose settings "
+                        "allow it (a resumed run keeps its mode), else eager; compiled: record the whole SVI step "
+                        "once and compile it with inductor (faster steps after a 10-60 s compile; adam or adagrad; "
+                        "see pyro_vae.training.step_mode)")
     p.add_argument("--eager", dest="step", action="store_const", const="eager",
                    help="the eager SVI step whatever the run's length (same as --step eager)")
+    p.add_argument("--jit", action=_RemovedFlag, message=JIT_REMOVED)
+
+
+class _RemovedFlag(argparse.Action):
+    """A removed flag, hidden from ``--help``: giving it exits with ``message`` (``parser.error``);
+    it leaves nothing in the parsed namespace."""
+
+    def __init__(self, option_strings, dest, message: str):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.message = message
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(self.message)
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
@@ -148,7 +180,7 @@ def model_config(args, dataset) -> dict:
               "hidden_dim": args.hidden_dim or DEFAULT_HIDDEN.get(dataset.name)}
     config = {k: v for k, v in config.items() if k in accepted and v is not None}
     explicit = {"latent_dim": args.latent_dim, "num_flows": args.num_flows,
-                "stochastic_layers": args.stochastic_layers, "beta": args.beta if args.beta != 1.0 else None}
+                "stochastic_layers": args.stochastic_layers, "groups": getattr(args, "groups", None), "beta": args.beta if args.beta != 1.0 else None}
     config.update({k: v for k, v in explicit.items() if v is not None})
     if "image_shape" in config:
         config["image_shape"] = list(config["image_shape"])

@@ -18,14 +18,18 @@ import pyro
 from ..distributed import is_main
 from ..models import build_model
 from ..models.external import build_from_factory, data_facts
+from ..objectives import SpectralRegularizedELBO, get_elbo
 from ..training import KLSchedule, RunFolder, train
 from .args import add_elbo_arg, add_train_args, labels_by_name, load_data, model_config, resolve_device
 from .evaluate import estimate, save_estimate, test_labels
 
-__all__ = ["CLI_RESUME_FLAGS", "add_parser", "build_pair", "run", "train_from_args"]
+__all__ = ["CLI_RESUME_FLAGS", "REMOVED_CLI_SETTINGS", "add_parser", "build_pair", "run", "train_from_args"]
 
-CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "jit", "compile", "step")
+CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "compile", "step")
 """Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
+REMOVED_CLI_SETTINGS = ("jit",)
+"""Settings of removed flags that the config.json of an older run may hold (``jit``: the
+``torch.jit.trace`` loss, a speed setting with the same numbers): ``--resume`` ignores them."""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -75,12 +79,16 @@ def train_from_args(args, dataset, device, elbo: str, out):
                   "cli": cli}
     folder = RunFolder(out, overwrite=args.overwrite, resume=getattr(args, "resume", None) is not None,
                        checkpoint_every=getattr(args, "checkpoint_every", 0))
+    objective, free_bits = elbo, args.free_bits
+    if getattr(args, "spectral_regularization", 0.0):  # the wrapped objective carries the free bits
+        inner = get_elbo(elbo, args.num_particles, free_bits, data_plate="data")
+        objective, free_bits = SpectralRegularizedELBO(inner, vae, args.spectral_regularization), 0.0
     result = train(
-        vae.model, vae.guide, dataset, elbo=elbo, num_particles=args.num_particles, labels=vae.needs_labels,
-        schedule=KLSchedule(warmup_steps=args.kl_warmup, free_bits=args.free_bits),
+        vae.model, vae.guide, dataset, elbo=objective, num_particles=args.num_particles, labels=vae.needs_labels,
+        schedule=KLSchedule(warmup_steps=args.kl_warmup, free_bits=free_bits),
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
         out=folder, config=run_config, progress=not args.no_progress, module=getattr(vae, "module", None),
-        nonfinite_backoff=getattr(args, "nonfinite_backoff", None), jit=args.jit, compile=args.compile,
+        nonfinite_backoff=getattr(args, "nonfinite_backoff", None), compile=args.compile,
         step=getattr(args, "step", "auto"),
     )
     return vae, result
@@ -122,13 +130,14 @@ def resume_args(args, parser: argparse.ArgumentParser) -> argparse.Namespace:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ValueError(f"--resume takes the run's settings from {config_path}; drop {flags} "
                          f"(only {', '.join('--' + k.replace('_', '-') for k in CLI_RESUME_FLAGS)} go with --resume)")
-    resumed = argparse.Namespace(**{**defaults, **config["cli"]})
+    saved = {k: v for k, v in config["cli"].items() if k not in REMOVED_CLI_SETTINGS}
+    resumed = argparse.Namespace(**{**defaults, **saved})
     resumed.epochs = args.epochs if args.epochs is not None else config["epochs"]
     for key in ("device", "data_dir"):
         if getattr(args, key) is not None:
             setattr(resumed, key, getattr(args, key))
     resumed.download, resumed.no_progress = args.download, args.no_progress
-    resumed.jit, resumed.compile = args.jit, args.compile  # speed only: the same numbers either way
+    resumed.compile = args.compile  # speed only: the same numbers either way
     resumed.step = args.step  # speed only: the same numbers up to float rounding
     resumed.resume, resumed.out, resumed.overwrite, resumed.command = run_dir, str(run_dir), False, "train"
     return resumed

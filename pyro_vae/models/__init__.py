@@ -11,6 +11,7 @@ mlp           :class:`VAE`, Kingma & Welling (2013)
 conv          :class:`ConvVAE`, convolutional nets for images
 hierarchical  :class:`HierarchicalVAE`, Burda et al. (2015) stochastic layers
 ladder        :class:`LadderVAE`, Sønderby et al. (2016), top-down inference
+nvae          :class:`NVAE`, NVAE-style (Vahdat & Kautz 2020) latent groups, residual normal
 conditional   :class:`ConditionalVAE`, labels as an extra argument
 iaf           :class:`FlowVAE`, inverse autoregressive flow guide
 m2            :class:`SemiSupervisedVAE`, Kingma et al. (2014), class summed out
@@ -20,7 +21,7 @@ A pair of your own can be built by a factory (``pyro-vae train --pair package.mo
 recorded in the run folder: see :mod:`pyro_vae.models.external`.
 
 Every pair takes ``beta`` (beta-VAE: the latent sites scaled in model and guide). The pairs with
-one latent site ``z`` (all but ``hierarchical`` and ``ladder``) share their model and guide through
+one latent site ``z`` (all but ``hierarchical``, ``ladder`` and ``nvae``) share their model and guide through
 :class:`SingleLatentVAE`; each builds its own nets.
 """
 
@@ -34,13 +35,14 @@ from .conv import ConvVAE
 from .flow import FlowVAE
 from .hierarchical import HierarchicalVAE
 from .ladder import LadderVAE
+from .nvae import NVAE
 from .m2 import SemiSupervisedVAE
 from .mlp import VAE
 from .single import SingleLatentVAE
 from ..names import unknown_name
 
 __all__ = [
-    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "LadderVAE", "PairModule", "SemiSupervisedVAE", "SingleLatentVAE",
+    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "LadderVAE", "NVAE", "PairModule", "SemiSupervisedVAE", "SingleLatentVAE",
     "VAE", "build_model", "model_options",
 ]
 
@@ -49,6 +51,7 @@ MODELS: dict[str, type[PairModule]] = {
     "conv": ConvVAE,
     "hierarchical": HierarchicalVAE,
     "ladder": LadderVAE,
+    "nvae": NVAE,
     "conditional": ConditionalVAE,
     "iaf": FlowVAE,
     "m2": SemiSupervisedVAE,

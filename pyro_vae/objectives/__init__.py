@@ -1,4 +1,4 @@
-"""Training objectives by name: ``trace``, ``meanfield``, ``iwae``.
+"""Training objectives by name: ``trace``, ``meanfield``, ``iwae``, ``enum`` and the gradient estimators.
 
 Sign convention, everywhere in pyro-vae: an *ELBO* or *bound* is a lower bound on
 ``log p(x)`` in nats per datapoint (higher is better, typically negative, e.g. -100 on MNIST);
@@ -13,10 +13,22 @@ meanfield  :class:`TraceMeanField_ELBO`  trace's, with the analytic KL(q || p) o
 iwae       :class:`IWAE_ELBO`            log (1/K) sum_k w_k  (Burda et al. 2015)
 enum       :class:`TraceEnum_ELBO`       trace's, with enumerated discrete guide sites
                                          summed out exactly (Pyro's TraceEnum_ELBO)
+stl        :class:`STL_ELBO`             trace's bound, sticking-the-landing gradient
+                                         (Roeder et al. 2017)
+iwae-stl   :class:`IWAE_STL`             iwae's bound, STL gradient (encoder's biased)
+dreg       :class:`IWAE_DReG`            iwae's bound, doubly reparameterized gradient
+                                         (Tucker et al. 2018)
+miwae      :class:`MIWAE_ELBO`           mean of M IWAE_K bounds (Rainforth et al. 2018)
+piwae      :class:`PIWAE_ELBO`           IWAE_MK for the decoder, MIWAE for the encoder
+ciwae      :class:`CIWAE_ELBO`           beta ELBO + (1 - beta) IWAE_K
 =========  ============================  ==============================================
 
-By object only: :class:`SemiSupervisedELBO` (Kingma et al. 2014, eq. 9), ``enum``'s bound plus
-``alpha log q(y | x)`` on the labelled rows, for the semi-supervised M2.
+The last six: :mod:`pyro_vae.objectives.gradients`, where their gradients are derived.
+
+By object only: :class:`SpectralRegularizedELBO` (any of these, with NVAE's spectral
+regularization in its gradient, Vahdat & Kautz 2020), and :class:`SemiSupervisedELBO` (Kingma et
+al. 2014, eq. 9), ``enum``'s bound plus ``alpha log q(y | x)`` on the labelled rows, for the
+semi-supervised M2.
 
 ``Trace_ELBO`` here is Pyro's class (a subclass, same estimator, same gradients) whose loss stays a
 device tensor: Pyro's reads every site's log-density to the host with ``.item()`` and checks the
@@ -41,7 +53,7 @@ Two modifications of the KL term for any pair, outside the table:
   dimension, unscaled and averaged over the minibatch, by ``max(lambda, KL_j)``; ``beta`` and the
   data scale multiply the clamped term afterwards.
 
-:class:`JitELBO` compiles any of them with ``torch.jit.trace``. One module per concept:
+One module per concept:
 
 ===================  =============================================================================
 module               contents
@@ -52,9 +64,11 @@ module               contents
 ``iwae``             :class:`IWAE_ELBO`
 ``enum``             :class:`TraceEnum_ELBO`
 ``free_bits``        :class:`FreeBitsELBO`
+``gradients``        :class:`STL_ELBO`, :class:`IWAE_STL`, :class:`IWAE_DReG`, :class:`MIWAE_ELBO`,
+                     :class:`PIWAE_ELBO`, :class:`CIWAE_ELBO` (:class:`SplitGradientELBO`)
 ``semi_supervised``  :class:`SemiSupervisedELBO`
+``spectral``         :class:`SpectralRegularizedELBO` (NVAE's spectral regularization)
 ``scaling``          :func:`scale_latents`
-``jit``              :class:`JitELBO`
 ``registry``         :data:`ELBO_NAMES`, :func:`get_elbo` (names or ELBO objects), :func:`elbo_label`
 ===================  =============================================================================
 
@@ -64,21 +78,30 @@ Pyro's private names are reached through :mod:`pyro_vae.pyro_internals` only.
 from .base import LossFromDifferentiableLoss, ValueFromDifferentiableLoss
 from .enum import TraceEnum_ELBO
 from .free_bits import FreeBitsELBO
+from .gradients import CIWAE_ELBO, IWAE_DReG, IWAE_STL, MIWAE_ELBO, PIWAE_ELBO, STL_ELBO, SplitGradientELBO
 from .iwae import IWAE_ELBO
-from .jit import JitELBO
 from .meanfield import TraceMeanField_ELBO
-from .registry import ELBO_NAMES, elbo_label, get_elbo
+from .registry import ELBO_NAMES, GRADIENT_ESTIMATORS, elbo_label, get_elbo
 from .scaling import scale_latents
 from .semi_supervised import SemiSupervisedELBO
+from .spectral import SpectralRegularizedELBO
 from .trace import Trace_ELBO
 
 __all__ = [
+    "CIWAE_ELBO",
     "ELBO_NAMES",
+    "GRADIENT_ESTIMATORS",
+    "IWAE_DReG",
     "IWAE_ELBO",
+    "IWAE_STL",
+    "MIWAE_ELBO",
+    "PIWAE_ELBO",
+    "STL_ELBO",
+    "SplitGradientELBO",
     "FreeBitsELBO",
-    "JitELBO",
     "LossFromDifferentiableLoss",
     "SemiSupervisedELBO",
+    "SpectralRegularizedELBO",
     "TraceEnum_ELBO",
     "TraceMeanField_ELBO",
     "Trace_ELBO",

@@ -50,8 +50,7 @@ class TraceMeanField_ELBO(Trace_ELBO):
     **How the per-site decision arrives.** :meth:`prepare` computes the pair's structure at the
     pair's first call (two runs with provenance tracking, gradients off, RNG state restored) and
     keeps it; :func:`~pyro_vae.check_model_guide` calls the same function, so the checker and the
-    objective decide alike. :class:`~pyro_vae.objectives.JitELBO` calls :meth:`prepare` before it
-    records a graph.
+    objective decide alike.
 
     References: Kingma & Welling 2014 (eq. 10); Pyro's ``TraceMeanField_ELBO`` and ``Trace_ELBO``.
     """

@@ -13,18 +13,23 @@ from pyro.infer import ELBO
 from ..names import unknown_name
 from .enum import TraceEnum_ELBO
 from .free_bits import FreeBitsELBO
+from .gradients import CIWAE_ELBO, IWAE_DReG, IWAE_STL, MIWAE_ELBO, PIWAE_ELBO, STL_ELBO
 from .iwae import IWAE_ELBO
-from .jit import JitELBO
 from .meanfield import TraceMeanField_ELBO
 from .trace import Trace_ELBO
 
-__all__ = ["ELBO_NAMES", "elbo_label", "from_object", "get_elbo"]
+__all__ = ["ELBO_NAMES", "GRADIENT_ESTIMATORS", "elbo_label", "from_object", "get_elbo"]
 
-ELBO_NAMES = ("trace", "meanfield", "iwae", "enum")
+GRADIENT_ESTIMATORS = {"stl": STL_ELBO, "iwae-stl": IWAE_STL, "dreg": IWAE_DReG, "miwae": MIWAE_ELBO,
+                       "piwae": PIWAE_ELBO, "ciwae": CIWAE_ELBO}
+"""The objectives of :mod:`~pyro_vae.objectives.gradients` by name; built with ``num_particles``
+as ``K`` and their other settings at the defaults (MIWAE and PIWAE: ``groups=4``; CIWAE:
+``beta=0.5``); other settings: pass an object, e.g. ``MIWAE_ELBO(groups=8, num_particles=8)``."""
+ELBO_NAMES = ("trace", "meanfield", "iwae", "enum", *GRADIENT_ESTIMATORS)
 
 
 def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
-             jit: bool = False, data_plate: str = "data") -> ELBO:
+             data_plate: str = "data") -> ELBO:
     """The objective called ``name`` (see :data:`ELBO_NAMES`) with ``num_particles`` samples, or the
     objective an ELBO object computes (:func:`from_object`; it carries its own settings).
 
@@ -38,26 +43,21 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
     Particles are vectorized. For ``trace`` and ``meanfield`` the ``K`` particles are averaged
     (a lower-variance estimate of the same bound); for ``iwae`` they tighten the bound. ``enum`` is
     ``trace`` with the guide sites marked for parallel enumeration (``@config_enumerate``) summed
-    out exactly (:class:`TraceEnum_ELBO`).
+    out exactly (:class:`TraceEnum_ELBO`). ``stl``, ``iwae-stl``, ``dreg``, ``miwae``, ``piwae``
+    and ``ciwae``: the bounds and gradient estimators of :mod:`~pyro_vae.objectives.gradients`
+    (:data:`GRADIENT_ESTIMATORS`), with ``num_particles`` draws per datapoint (per group).
     ``free_bits > 0`` (nats per latent dimension) gives :class:`FreeBitsELBO`, for ``meanfield``
     only (it needs the per-dimension analytic KL; pairs for which that KL is not a term of the
-    ELBO are refused at their first call, and by ``check_model_guide(..., free_bits=...)``). ``jit=True`` wraps the objective in
-    :class:`JitELBO` (static pairs only; give ``max_plate_nesting``).
+    ELBO are refused at their first call, and by ``check_model_guide(..., free_bits=...)``).
 
     Raises:
         ValueError: an unknown name, ``num_particles < 1``, free bits with another objective
-            than ``meanfield``, ``jit`` with ``enum``, or an ELBO object whose own ``data_plate``
-            is not ``data_plate``.
+            than ``meanfield``, or an ELBO object whose own ``data_plate`` is not ``data_plate``.
         TypeError: ``name`` is neither a name nor a ``pyro.infer.ELBO``, or an object that
             pyro-vae cannot train with (see :func:`from_object`).
     """
     if not isinstance(name, str):
-        return from_object(name, num_particles, free_bits, max_plate_nesting, jit, data_plate)
-    if jit and name == "enum":
-        raise ValueError("jit=True with elbo 'enum': torch.jit.trace cannot record TraceEnum_ELBO on this torch "
-                         "(Pyro's JitTraceEnum_ELBO fails the same way, Pyro issue #3338); train it with jit=False")
-    if jit:
-        return JitELBO(get_elbo(name, num_particles, free_bits, max_plate_nesting, data_plate=data_plate))
+        return from_object(name, num_particles, free_bits, max_plate_nesting, data_plate)
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
@@ -73,11 +73,14 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
         return IWAE_ELBO(num_particles=num_particles, data_plate=data_plate, max_plate_nesting=max_plate_nesting)
     if name == "enum":
         return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
+    if name in GRADIENT_ESTIMATORS:
+        return GRADIENT_ESTIMATORS[name](num_particles=num_particles, data_plate=data_plate,
+                                         max_plate_nesting=max_plate_nesting)
     raise unknown_name("ELBO", name, ELBO_NAMES)
 
 
 def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
-                jit: bool = False, data_plate: str = "data") -> ELBO:
+                data_plate: str = "data") -> ELBO:
     """The objective to train with for an ELBO object ``elbo``: the object itself (its
     ``differentiable_loss`` is what the trainer steps with), except Pyro's ``RenyiELBO(alpha=0)``,
     which becomes :class:`IWAE_ELBO` with its particles and ``data_plate`` (the same bound, scaled
@@ -87,9 +90,7 @@ def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_
 
     Raises:
         TypeError: not a ``pyro.infer.ELBO``; an ELBO without ``differentiable_loss``
-            (``TraceGraph_ELBO``, ``RenyiELBO`` with ``alpha != 0``, ...); ``jit`` with Pyro's
-            own ``Trace_ELBO`` family (their loss value goes through ``.item()``, which a trace
-            freezes) or with ``TraceEnum_ELBO``.
+            (``TraceGraph_ELBO``, ``RenyiELBO`` with ``alpha != 0``, ...).
         ValueError: ``num_particles`` or ``free_bits`` given besides an object that carries its own;
             an object whose ``data_plate`` differs from ``data_plate``.
     """
@@ -100,8 +101,7 @@ def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_
     if num_particles != 1 and num_particles != elbo.num_particles or free_bits:
         raise ValueError(f"{label} carries its own settings: give num_particles (and free bits, as "
                          f"FreeBitsELBO(...)) to its constructor, not to get_elbo/train")
-    inner = elbo.elbo if isinstance(getattr(elbo, "elbo", None), ELBO) else elbo  # inside a JitELBO too
-    own_plate = getattr(inner, "data_plate", data_plate)
+    own_plate = getattr(elbo, "data_plate", data_plate)
     if own_plate != data_plate:
         raise ValueError(f"{label} was built with data_plate={own_plate!r} but data_plate={data_plate!r} was asked "
                          f"for: name the pair's plate once, the same in both (get_elbo/train(..., "
@@ -121,10 +121,7 @@ def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_
         # in the attribute (ELBO.__init__ adds 1)
         elbo = copy.copy(elbo)
         elbo.max_plate_nesting = max_plate_nesting + int(elbo.vectorize_particles and elbo.num_particles > 1)
-    if jit and isinstance(elbo, pyro.infer.TraceEnum_ELBO):
-        raise TypeError(f"jit with {label}: torch.jit.trace cannot record TraceEnum_ELBO on this torch (Pyro's "
-                        f"JitTraceEnum_ELBO fails the same way, Pyro issue #3338); train it with jit=False")
-    return JitELBO(elbo) if jit else elbo
+    return elbo
 
 
 def elbo_label(elbo: str | ELBO) -> str:
@@ -134,11 +131,12 @@ def elbo_label(elbo: str | ELBO) -> str:
     if isinstance(elbo, str):
         return elbo
     settings = {"num_particles": elbo.num_particles, "vectorize_particles": elbo.vectorize_particles}
-    for name in ("alpha", "free_bits"):
+    for name in ("alpha", "free_bits", "groups", "beta", "coefficient"):
         if hasattr(elbo, name):
             settings[name] = getattr(elbo, name)
+    if isinstance(getattr(elbo, "elbo", None), ELBO):  # a wrapped objective (SpectralRegularizedELBO)
+        settings["elbo"] = elbo_label(elbo.elbo)
     if getattr(elbo, "max_plate_nesting", math.inf) != math.inf:
         settings["max_plate_nesting"] = elbo.max_plate_nesting
-    inner = getattr(elbo, "elbo", None)
-    body = elbo_label(inner) if isinstance(inner, ELBO) else ", ".join(f"{k}={v!r}" for k, v in settings.items())
+    body = ", ".join(f"{k}={v!r}" for k, v in settings.items())
     return f"{type(elbo).__module__}.{type(elbo).__qualname__}({body})"

@@ -14,7 +14,7 @@ module             what it holds
 ``signals``        SIGINT/SIGTERM as a flag; :class:`TrainingInterrupted`
 ``logger``         progress bars, epoch lines, TensorBoard
 ``schedule``       KL warm-up and free bits (:class:`KLSchedule`)
-``speed``          the opt-in fast paths (jit graphs, compiled networks)
+``speed``          the compiled step's recording minibatches; compiled networks (``compile``)
 ``trainer``        :class:`Trainer`: epochs of steps, then evaluation, logging, checkpoint
 ``api``            :func:`train`, the one-call entry point
 =================  ===========================================================================

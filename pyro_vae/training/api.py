@@ -63,7 +63,6 @@ def train(
     progress: bool = True,
     clear_params: bool = True,
     module: torch.nn.Module | None = None,
-    jit: bool = False,
     compile: bool | str = False,
     data_plate: str = "data",
     step: str = "auto",
@@ -79,7 +78,7 @@ def train(
             data set's named per-datapoint tensors (``train_named``, ``test_named``, ...: labels
             ``y``, masks, conditioning inputs) are passed to model and guide by keyword, sliced
             with each minibatch (``model(x, y=y_batch)``); both must take each name (else a
-            ``ValueError`` before any step). Not with ``jit`` or ``compile``.
+            ``ValueError`` before any step). Not with ``compile``.
         elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO), ``iwae`` or ``enum``
             (TraceEnum_ELBO, for enumerated discrete latents); or a ``pyro.infer.ELBO`` instance
             (see :func:`~pyro_vae.objectives.get_elbo`), recorded in ``config.json`` by its class
@@ -119,9 +118,6 @@ def train(
             initial weights rather than from a previous run's stored values.
         module: the ``nn.Module`` holding the pair's networks, for distributed training and
             ``compile``, when model and guide are not methods of one module.
-        jit: record the loss with ``torch.jit.trace`` (:class:`~pyro_vae.objectives.JitELBO`):
-            Pyro's Python work runs once instead of every step. For pairs with static structure;
-            checked against the eager loss before the first step. Not with KL warm-up.
         compile: ``torch.compile`` each network the pair calls (the outermost submodules of its
             module that a run of guide and model calls) in place for the run, Pyro's bookkeeping
             staying eager; a pair with parameters no called network holds is refused; ``True`` or a ``torch.compile`` mode
@@ -136,13 +132,14 @@ def train(
             as ``step_used`` and why as ``step_reason``). ``"eager"``:
             :func:`~pyro_vae.training.svi_step`. ``"compiled"``: the whole step (loss, gradients,
             finiteness check) recorded once as one graph, compiled by inductor and followed by
-            torch's fused Adam (:mod:`pyro_vae.training.compiled`): several times faster at small
-            nets, after 10-60 s of compiling; losses equal to eager up to float rounding, resumes
-            bitwise. Any objective, KL warm-up, free bits and named arguments; checked against the
-            eager step first (sites and shapes on two minibatches, loss and gradients); a pair that
-            cannot be recorded runs eager with one warning saying why. ``optimizer="adam"``, no
-            ``jit``/``compile`` (else ``ValueError``); under ``torchrun`` too. ``"compiled:replay"`` replays
-            the recorded graph without a compiler (bitwise equal to eager, not faster; for tests).
+            torch's fused Adam or Adagrad (:mod:`pyro_vae.training.compiled`): several times faster
+            at small nets, after 10-60 s of compiling; losses equal to eager up to float rounding,
+            resumes bitwise. Any objective, KL warm-up, free bits and named arguments; checked
+            against the eager step first (sites and shapes on two minibatches, loss and gradients);
+            a pair that cannot be recorded runs eager with one warning saying why.
+            ``optimizer="adam"`` or ``"adagrad"``, no ``compile`` (else ``ValueError``); under
+            ``torchrun`` too. ``"compiled:replay"`` replays the recorded graph without a compiler
+            (bitwise equal to eager, not faster; for tests).
 
     Returns:
         :class:`~pyro_vae.training.TrainResult` with the per-epoch history (earlier epochs
@@ -164,7 +161,7 @@ def train(
     label = elbo_label(elbo)  # a name, or an ELBO object's class path and settings (config.json, progress)
     options = TrainerOptions(elbo=label, batch_size=batch_size, epochs=epochs, labels=labels, seed=seed,
                              nonfinite_backoff=nonfinite_backoff, eval_batch_size=eval_batch_size,
-                             log_interval=log_interval, progress=progress, jit=jit, compile=compile,
+                             log_interval=log_interval, progress=progress, compile=compile,
                              data_plate=data_plate, step=step)
     _check_settings(data, options, elbo, schedule, folder, optimizer)
     # bad names and settings fail before anything runs
@@ -174,8 +171,7 @@ def train(
     if clear_params:
         pyro.clear_param_store()
     max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels, schedule.free_bits, data_plate)
-    objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, jit=jit,
-                         data_plate=data_plate)
+    objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, data_plate=data_plate)
     module = owner_module(model, guide, module)
     networks = compile_targets(module, model, guide, *example) if compile else []
     num_particles = num_particles if isinstance(elbo, str) else elbo.num_particles
@@ -207,13 +203,13 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSc
         raise ValueError(f"batch_size {batch_size} must be a multiple of the number of processes {world}")
     if options.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {options.epochs}")
-    schedule.check(rules_of(elbo).name, options.jit)
+    schedule.check(rules_of(elbo).name)
     backoff = options.nonfinite_backoff
     if backoff is not None and not 0 < backoff < 1:
         raise ValueError(f"nonfinite_backoff must be a factor in (0, 1), got {backoff}")
-    if data.train_named and (options.jit or options.compile):
-        raise ValueError(f"named per-datapoint arguments ({', '.join(data.train_named)}) do not go with jit or "
-                         "compile yet: train without them")
+    if data.train_named and options.compile:
+        raise ValueError(f"named per-datapoint arguments ({', '.join(data.train_named)}) do not go with compile "
+                         "yet: train without them")
     if folder is not None:
         folder.check_resumable()
 
@@ -227,9 +223,8 @@ def _resolve_step(options: TrainerOptions, settings: dict, saved: dict | None, n
     left = remaining_steps(num_train, options.batch_size, options.epochs, position["epoch"],
                            distributed.world_size()) - position.get("batch", 0)
     before = None if saved is None else saved["config"].get("step_used", saved["config"].get("step", "eager"))
-    mode, reason = choose_step(options.step, remaining_steps=left, optimizer=optimizer, world=distributed.world_size(),
-                               jit=options.jit, compile=compile, device_type=settings["device"].split(":")[0],
-                               resumed_from=before)
+    mode, reason = choose_step(options.step, remaining_steps=left, optimizer=optimizer, compile=compile,
+                               device_type=settings["device"].split(":")[0], resumed_from=before)
     settings.update(step_used=mode, step_reason=reason)
     note = reason if options.step == "auto" and mode == "eager" and left >= step_mode.AUTO_MIN_STEPS else ""
     if before is not None and before != mode:
@@ -283,7 +278,7 @@ def _settings(data: Dataset, options: TrainerOptions, elbo: str, num_particles: 
         num_test=None if data.test is None else data.test.shape[0],
         num_valid=None if data.valid is None else data.valid.shape[0],
         checkpoint_every=folder.checkpoint_every if folder is not None else 0, device=str(data.device),
-        world_size=distributed.world_size(), jit=options.jit, compile=options.compile, step=options.step,
+        world_size=distributed.world_size(), compile=options.compile, step=options.step,
         named_arguments=sorted(data.train_named),
         data_plate=options.data_plate, binarize=data.binarize, likelihood=data.likelihood,
         image_shape=None if data.image_shape is None else list(data.image_shape),

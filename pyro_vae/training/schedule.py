@@ -23,7 +23,7 @@ class KLSchedule:
 
     Args:
         warmup_steps: ``N > 0`` raises the weight of every latent site linearly from ``1/N`` to 1
-            over the first ``N`` SVI steps; 0 is off. Not with ``elbo="iwae"`` nor ``jit``
+            over the first ``N`` SVI steps; 0 is off. Not with ``elbo="iwae"``
             (``step="compiled"`` takes the factor as an input of the recorded step).
         free_bits: nats per latent dimension (``elbo="meanfield"`` only); 0 is off.
 
@@ -39,11 +39,8 @@ class KLSchedule:
         if self.warmup_steps < 0:
             raise ValueError(f"KL warm-up steps must be >= 0, got {self.warmup_steps}")
 
-    def check(self, elbo: str, jit: bool) -> None:
+    def check(self, elbo: str) -> None:
         """Refuse combinations that would train on another objective than the one asked for."""
-        if jit and self.warmup_steps:
-            raise ValueError("jit=True with KL warm-up: torch.jit.trace would record the warm-up factor as a "
-                             "constant; train with KL warm-up without jit")
         if self.warmup_steps and elbo == "iwae":
             raise ValueError("KL warm-up scales the latent sites only, which has no importance-weighted "
                              "analogue: use elbo 'trace' or 'meanfield' with KL warm-up")

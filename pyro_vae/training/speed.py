@@ -1,12 +1,10 @@
-"""The opt-in fast paths of a run: the loss recorded with ``torch.jit.trace``, the networks compiled.
+"""What the faster steps of a run need besides the step itself.
 
-* :func:`record_jit_graphs`: :class:`pyro_vae.objectives.JitELBO` records one graph per
-  minibatch shape; the trainer records them all before the first step (so that recording draws
-  no random numbers inside the run and a resumed run stays bitwise equal), each checked against
-  the eager loss on another minibatch.
-* :func:`compile_targets` and :func:`compiled_networks`: ``torch.compile`` of each network the
-  pair calls, for the duration of a run, Pyro's bookkeeping staying eager; a pair whose
-  parameters would stay eager is refused up front.
+* :func:`recording_batches`: the two minibatches that the compiled step
+  (:mod:`pyro_vae.training.compiled`) is recorded on and checked on.
+* :func:`compile_targets` and :func:`compiled_networks`: the opt-in ``torch.compile`` of each
+  network the pair calls, for the duration of a run, Pyro's bookkeeping staying eager; a pair
+  whose parameters would stay eager is refused up front.
 """
 
 from __future__ import annotations
@@ -16,23 +14,7 @@ from contextlib import contextmanager
 import pyro
 import torch
 
-__all__ = ["compile_targets", "compiled_networks", "minibatch_sizes", "record_jit_graphs", "recording_batches"]
-
-
-def minibatch_sizes(num_train: int, batch_size: int, steps_per_epoch: int, world: int, rank: int) -> list[int]:
-    """The minibatch sizes this process sees in an epoch: the full one and the last, smaller one
-    (each process's share of it under ``torchrun``)."""
-    last = min(batch_size, num_train - (steps_per_epoch - 1) * batch_size)
-    return [len(torch.arange(size).tensor_split(world)[rank]) if world > 1 else size
-            for size in sorted({batch_size, last})]
-
-
-def record_jit_graphs(objective, model, guide, data, labels: bool, sizes: list[int]) -> None:
-    """Record the objective's graph for every minibatch size in ``sizes``, on the first ``n``
-    training points, and check it against the eager loss on the last ``n``."""
-    for n in sizes:
-        first, last = recording_batches(data, labels, n)
-        objective.compile(model, guide, *first, check=last)
+__all__ = ["compile_targets", "compiled_networks", "recording_batches"]
 
 
 def recording_batches(data, labels: bool, n: int, names: tuple = ()) -> tuple[tuple, tuple]:

@@ -138,12 +138,21 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def owner_module(model, guide, module: torch.nn.Module | None = None) -> torch.nn.Module | None:
-    """``module`` if given, else the one ``nn.Module`` whose methods ``model`` and ``guide`` are."""
+    """``module`` if given, else the ``nn.Module`` that holds the pair's networks: the one whose
+    methods ``model`` and ``guide`` are; for two modules (a model's and a guide that is a module
+    itself, such as :class:`~pyro_vae.AutoAmortizedNormal`) an ``nn.ModuleDict`` of both
+    (``"model"``, ``"guide"``), which is no shipped pair, so a run folder does not claim to be one."""
     if module is not None:
         return module
-    owners = {id(getattr(fn, "__self__", None)): getattr(fn, "__self__", None) for fn in (model, guide)}
-    owners = [m for m in owners.values() if isinstance(m, torch.nn.Module)]
-    return owners[0] if len(owners) == 1 else None
+    owners = {}
+    for fn in (model, guide):
+        owner = getattr(fn, "__self__", fn)
+        if isinstance(owner, torch.nn.Module):
+            owners[id(owner)] = owner
+    owners = list(owners.values())
+    if len(owners) == 2:
+        return torch.nn.ModuleDict({"model": owners[0], "guide": owners[1]})
+    return owners[0] if owners else None
 
 
 def ddp_loss(loss: ELBOLoss, device: torch.device):

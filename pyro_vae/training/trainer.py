@@ -32,7 +32,7 @@ from .pictures import write_pictures
 from .run_folder import RunFolder
 from .schedule import KLSchedule
 from .signals import stop_on_signals
-from .speed import compiled_networks, minibatch_sizes, record_jit_graphs, recording_batches
+from .speed import compiled_networks, recording_batches
 from .state import RunState, TrainResult, get_rng_state
 from .step import ELBOLoss, NonFiniteLossError, ddp_loss, explain_nonfinite, svi_step
 from .step_mode import BACKEND_OF, steps_per_epoch
@@ -57,7 +57,6 @@ class TrainerOptions:
     eval_batch_size: int = 1000
     log_interval: int = 100
     progress: bool = True
-    jit: bool = False
     compile: bool | str = False
     data_plate: str = "data"
     step: str = "eager"
@@ -112,9 +111,6 @@ class Trainer:
         weight = torch.ones((), device=self.device) if compiled and schedule.warmup_steps else None
         step_model, step_guide = schedule.wrap(model, guide, steps, weight)
         self.loss_fn = ELBOLoss(module, objective, step_model, step_guide)
-        if options.jit:
-            sizes = minibatch_sizes(self.num_train, options.batch_size, self.steps_per_epoch, self.world, self.rank)
-            record_jit_graphs(objective, step_model, step_guide, data, options.labels, sizes)
         if self.world > 1:
             self.loss_fn = ddp_loss(self.loss_fn, self.device)
         self.svi_step = svi_step  # step="compiled": one graph for the full minibatch, recorded and checked now
