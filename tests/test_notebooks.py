@@ -11,7 +11,7 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 def test_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["01_quickstart", "02_write_your_own_pair", "03_log_likelihood_diagnostics"]
+    assert names == ["01_quickstart", "02_write_your_own_pair", "03_log_likelihood_diagnostics", "04_model_zoo"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
