@@ -87,8 +87,10 @@ def run_one(name: str, data, folder: Path, args) -> dict:
                         step=args.step, schedule=pyro_vae.KLSchedule(warmup_steps=warmup))
     history = _runs.history(folder)
     evaluation = folder / "evaluation.json"
-    if not evaluation.is_file():
-        n = min(args.nvae_num_eval or args.num_eval if name == "nvae" else args.num_eval, len(data.test))
+    n = min(args.nvae_num_eval or args.num_eval if name == "nvae" else args.num_eval, len(data.test))
+    wanted = {"epochs": len(history), "num_samples": args.num_samples, "num_eval": n}
+    saved = json.loads(evaluation.read_text()) if evaluation.is_file() else None
+    if saved is None or any(saved.get(k, v) != v for k, v in wanted.items()):  # none yet, or of other weights
         with torch.no_grad():
             chunk = 500 if name == "nvae" and args.num_samples % 500 == 0 else None  # conv maps: 10^4 at once
             estimate = pyro_vae.estimate_log_likelihood(model, guide, data.test[:n], args.num_samples,
@@ -96,16 +98,16 @@ def run_one(name: str, data, folder: Path, args) -> dict:
                                                         seed=args.seed)
             units = pyro_vae.active_units(guide, data.test[:n])
             elbo, elbo_se = pyro_vae.evaluate_elbo(model, guide, data.test[:n], args.eval_batch_size)
-        evaluation.write_text(json.dumps({"mean": estimate.mean, "se": estimate.stderr, "num_eval": n,
-                                          "seconds": estimate.seconds, "active_units": units,
-                                          "elbo": elbo, "elbo_se": elbo_se}))
-    saved = json.loads(evaluation.read_text())
+        saved = {**wanted, "mean": estimate.mean, "se": estimate.stderr, "seconds": estimate.seconds,
+                 "active_units": units, "elbo": elbo, "elbo_se": elbo_se}
+        evaluation.write_text(json.dumps(saved))
     paper, value = PAPERS[name]
     return {"model": name, "parameters": sum(p.numel() for p in pyro.get_param_store().values()),
             "epochs": len(history), "seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
             "test_elbo": history[-1]["test_elbo"], "eval_elbo": saved["elbo"], "eval_elbo_se": saved["elbo_se"],
             "log_likelihood": saved["mean"], "log_likelihood_se": saved["se"],
-            "num_samples": args.num_samples, "num_eval": saved["num_eval"], "eval_seconds": saved["seconds"],
+            "num_samples": saved.get("num_samples", args.num_samples), "num_eval": saved["num_eval"],
+            "eval_seconds": saved["seconds"],
             "active_units": saved["active_units"], "warmup_epochs": args.warmup_epochs if name in WARMED_UP else 0,
             "paper": paper, "paper_nll": value}
 

@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+import pyro_vae
 from pyro_vae import AutoAmortizedNormal, RunFolder, check_model_guide, estimate_log_likelihood, load_run, train
 from pyro_vae.autoguide import trace_model
 from pyro_vae.check.structure import pair_structure
@@ -377,3 +378,21 @@ def test_the_cli_trains_a_pair_with_an_autoguide_and_its_run_is_rebuilt(data_roo
     assert all(torch.equal(pyro.get_param_store()[k].detach(), v) for k, v in saved.items())
     result = estimate_log_likelihood(pair.model, pair.guide, data.test[:50], num_samples=20, seed=0)
     assert -544 < result.mean < 0  # better than a decoder that knows nothing (784 log 2 = 543.4 nats)
+
+
+def test_a_guide_module_beside_a_model_is_no_shipped_pair_and_compile_asks_for_the_module():
+    """``owner_module``: neither the model's module nor the autoguide holds both nets, so no module
+    is assumed (a run folder does not claim to be the shipped pair; compile asks for module=)."""
+    from pyro_vae.training.step import owner_module
+
+    vae = pyro_vae.VAE(784, 2, 8)
+    x = torch.zeros(4, 784)
+    guide = AutoAmortizedNormal(vae.model, x, hidden_dims=(8,))
+
+    def model(x):
+        return vae.model(x)
+
+    assert owner_module(vae.model, vae.guide) is vae
+    assert owner_module(vae.model, guide) is None and owner_module(model, guide) is None
+    with pytest.raises(ValueError, match="compile=True needs the nn.Module"):
+        pyro_vae.train(vae.model, guide, x, epochs=1, batch_size=2, progress=False, compile=True)

@@ -164,3 +164,16 @@ def test_bad_pair_factories_are_named_before_training(data_root, tmp_path, pairs
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("factory", ["mypairs:make_pair", "mypairs:make_functions"])
+def test_a_factorys_pair_trains_with_spectral_regularization(data_root, tmp_path, pairs_module, factory, capsys):
+    """The penalty needs the pair's nn.Module: the factory's module, whichever form it returns."""
+    from pyro_vae.cli import main
+
+    run = tmp_path / "r"
+    code = main(["train", "--pair", factory, "--spectral-regularization", "0.1", "--num-train", "100", "--num-test",
+                 "20", "--epochs", "1", "--out", str(run), "--no-progress", "--device", "cpu", "--data-dir",
+                 str(data_root)])
+    assert code == 0, capsys.readouterr().err
+    assert "SpectralRegularizedELBO" in json.loads((run / "config.json").read_text())["elbo"]

@@ -189,3 +189,41 @@ def test_bad_settings_and_a_guide_that_cannot_be_reparameterized_are_refused():
 
     with pytest.raises(ValueError, match="guide site 'y' \\(Bernoulli\\) is not reparameterizable"):
         IWAE_DReG(3, max_plate_nesting=1).differentiable_loss(model, guide, data())
+
+
+def test_an_object_trains_exactly_as_its_name_does():
+    """``get_elbo``/``train`` fill the plate depth of an object built without one, so it does not run
+    the pair once more to guess it (which would draw from the RNGs): the same parameters, bitwise."""
+    from pyro_vae import train
+
+    x = torch.randn(16, D, generator=torch.Generator().manual_seed(2))
+    finals = []
+    for elbo in ("dreg", IWAE_DReG(3)):
+        pair = LinearGaussian()
+        train(pair.model, pair.guide, x, elbo=elbo, num_particles=3 if elbo == "dreg" else 1, batch_size=8,
+              epochs=2, progress=False, step="eager")
+        finals.append(torch.cat([p.detach().flatten() for p in pair.parameters()]))
+    assert torch.equal(finals[0], finals[1])
+
+
+def test_a_latent_scaled_apart_from_the_rest_is_refused_by_the_checker():
+    from pyro_vae import ModelGuideError, check_model_guide
+    from pyro import poutine
+
+    pair = LinearGaussian()
+
+    def model(x):
+        pyro.module("decoder", pair.decoder)
+        with pyro.plate("data", x.shape[0]):
+            with poutine.scale(scale=0.5):  # beta = 0.5 on the latent only
+                z = pyro.sample("z", dist.Normal(x.new_zeros(Z), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(pair.decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with poutine.scale(scale=0.5):
+            pair.guide(x)
+
+    for elbo in ("dreg", "stl", STL_ELBO(2, max_plate_nesting=1)):
+        with pytest.raises(ModelGuideError, match="another scale than"):
+            check_model_guide(model, guide, data(), elbo=elbo)
+    check_model_guide(model, guide, data(), elbo="trace")  # a beta-VAE's ELBO is fine

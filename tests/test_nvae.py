@@ -191,13 +191,14 @@ def test_the_cli_trains_nvae_with_spectral_regularization_and_resumes_it(data_ro
 
     run = tmp_path / "run"
     common = ["--no-progress", "--device", "cpu", "--data-dir", str(data_root), "--eager"]
-    main(["train", "--model", "nvae", "--groups", "2", "--hidden-dim", "8", "--latent-dim", "2", "--elbo", "meanfield",
-          "--spectral-regularization", "0.1", "--num-train", "100", "--num-test", "20", "--epochs", "1",
+    main(["train", "--model", "nvae", "--latent-groups", "2", "--hidden-dim", "8", "--latent-dim", "2", "--elbo", "meanfield",
+          "--spectral-regularization", "0.1", "--free-bits", "0.05", "--num-train", "100", "--num-test", "20", "--epochs", "1",
           "--batch-size", "50", "--out", str(run), *common])
     config = json.loads((run / "config.json").read_text())
     assert config["model_config"]["groups"] == 2 and config["cli"]["spectral_regularization"] == 0.1
+    assert config["free_bits"] == 0.05 and "FreeBitsELBO" in config["elbo"]  # the wrapped objective carries them
     assert config["elbo"].startswith("pyro_vae.objectives.spectral.SpectralRegularizedELBO(") and \
-        "coefficient=0.1" in config["elbo"] and "TraceMeanField_ELBO" in config["elbo"]
+        "coefficient=0.1" in config["elbo"]
     main(["train", "--resume", str(run), "--epochs", "2", *common])
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert json.loads((run / "config.json").read_text())["elbo"] == config["elbo"]

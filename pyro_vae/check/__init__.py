@@ -30,7 +30,7 @@ import torch
 from ..importance import is_enumerated, plate_nesting, sample_sites
 from .errors import ModelGuideError
 from .idioms import check_no_global_latents, check_no_point_mass, check_not_autoguide
-from .objective_rules import check_objective, rules_of
+from .objective_rules import check_common_scale, check_objective, rules_of
 from .rules import (
     check_call_signature,
     check_data,
@@ -129,6 +129,8 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
     check_enumeration(enumerated, guide_sites, elbo, data_plate, label)
     for name, site in guide_sites.items():
         check_latent_site(name, site, latent[name], elbo)
+    if elbo == "iwae":
+        check_common_scale(every_site, label)
     for name, site in observed.items():
         check_observations(name, site, data)
     check_finite_log_densities(every_site)

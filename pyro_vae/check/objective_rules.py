@@ -24,7 +24,7 @@ from .errors import ModelGuideError
 from .rules import distribution_name
 from .structure import PairStructure, pair_structure
 
-__all__ = ["NAMED_RULES", "ObjectiveRules", "check_objective", "free_bits_refusal", "rules_of", "same_factor", "structure_of"]
+__all__ = ["NAMED_RULES", "ObjectiveRules", "check_common_scale", "check_objective", "free_bits_refusal", "rules_of", "same_factor", "structure_of"]
 
 
 class ObjectiveRules(NamedTuple):
@@ -90,6 +90,20 @@ def same_factor(a, b) -> bool:
         a, b = torch.as_tensor(a), torch.as_tensor(b)
         return a.shape == b.shape and bool(torch.equal(a, b.to(a.device, a.dtype)))
     return False
+
+
+def check_common_scale(every_site: list, label: str) -> None:
+    """Under the importance-weighted rule set (``iwae`` and the gradient estimators) every site of
+    a datapoint, latent or observed, in model and guide, carries the same scale: the bound is
+    ``s * log (1/K) sum_k w_k`` for one ``s``. ``every_site`` holds ``(side, name, site)``."""
+    side, name, site = every_site[0]
+    for other_side, other, other_site in every_site[1:]:
+        if not same_factor(other_site["scale"], site["scale"]):
+            raise ModelGuideError(
+                f"{label}: the {other_side}'s site {other!r} carries another scale than the {side}'s site {name!r} "
+                f"(poutine.scale on some sites only, as beta-VAEs and KL warm-up put on the latents); an "
+                f"importance-weighted objective is defined for one scale per datapoint, so it has no analogue "
+                f"here: use elbo=\"trace\" or \"meanfield\", or scale every site alike")
 
 
 def free_bits_refusal(name: str, g: dict, m: dict, structure: PairStructure) -> str | None:

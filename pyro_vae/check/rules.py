@@ -121,8 +121,9 @@ def check_latent_site(name: str, g: dict, m: dict, elbo: str | None) -> None:
                               f"model's {distribution_name(m['fn'])} distribution")
     if elbo == "iwae" and not g["fn"].has_rsample:
         raise ModelGuideError(f"guide site {name!r} ({distribution_name(g['fn'])}) is not reparameterizable, "
-                              "but the iwae objective needs rsample(): use elbo=\"trace\" (score-function "
-                              "gradients) or a reparameterizable (e.g. relaxed) latent")
+                              "but the iwae objective and the gradient estimators (stl, dreg, ...) need rsample(): "
+                              "use elbo=\"trace\" (score-function gradients) or a reparameterizable (e.g. relaxed) "
+                              "latent")
 
 
 def check_observations(name: str, site: dict, data: torch.Tensor) -> None:

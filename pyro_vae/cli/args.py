@@ -71,7 +71,7 @@ def add_experiment_args(p: argparse.ArgumentParser, out: str, quick: str, device
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The pair and its options: ``--dataset``, ``--model``, ``--likelihood``, ``--beta``,
-    ``--kl-warmup``, ``--free-bits``, ``--spectral-regularization``, ``--num-flows``, ``--stochastic-layers``, ``--groups``, sizes."""
+    ``--kl-warmup``, ``--free-bits``, ``--spectral-regularization``, ``--num-flows``, ``--stochastic-layers``, ``--latent-groups``, sizes."""
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
     p.add_argument("--model", default="mlp", choices=list(MODELS), help="model/guide pair (see: pyro-vae models)")
     p.add_argument("--likelihood", default=None, choices=list(LIKELIHOODS),
@@ -89,7 +89,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-flows", type=int, default=None, help="iaf: number of autoregressive transforms")
     p.add_argument("--stochastic-layers", type=int, default=None,
                    help="hierarchical, ladder: number of latent layers")
-    p.add_argument("--groups", type=int, default=None, help="nvae: number of latent groups")
+    p.add_argument("--latent-groups", type=int, default=None, dest="groups", help="nvae: number of latent groups")
     p.add_argument("--latent-dim", type=int, default=None, help="default: the model's (20; 50 for hierarchical)")
     p.add_argument("--hidden-dim", type=int, default=None,
                    help="default: the model's (500; 200 for hierarchical), 200 on Frey Face")
@@ -100,7 +100,8 @@ def add_optimization_args(p: argparse.ArgumentParser, epochs: int) -> None:
     ``epochs``), ``--seed``, ``--num-train``, ``--valid-size``, ``--no-progress``, ``--compile``,
     ``--step`` / ``--eager``."""
     p.add_argument("--num-particles", type=int, default=1,
-                   help="samples per datapoint per step (K for --elbo iwae)")
+                   help="samples per datapoint per step (K for --elbo iwae and dreg; per group for miwae and piwae, "
+                        "which draw 2 groups)")
     p.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS))
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=100)

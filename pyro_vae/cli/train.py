@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pyro
+import torch
 
 from ..distributed import is_main
 from ..models import build_model
@@ -81,8 +82,12 @@ def train_from_args(args, dataset, device, elbo: str, out):
                        checkpoint_every=getattr(args, "checkpoint_every", 0))
     objective, free_bits = elbo, args.free_bits
     if getattr(args, "spectral_regularization", 0.0):  # the wrapped objective carries the free bits
+        module = vae if isinstance(vae, torch.nn.Module) else getattr(vae, "module", None)
+        if module is None:
+            raise ValueError("--spectral-regularization needs the nn.Module holding the pair's networks: make the "
+                             "--pair factory return one (or (model, guide, module))")
         inner = get_elbo(elbo, args.num_particles, free_bits, data_plate="data")
-        objective, free_bits = SpectralRegularizedELBO(inner, vae, args.spectral_regularization), 0.0
+        objective, free_bits = SpectralRegularizedELBO(inner, module, args.spectral_regularization), 0.0
     result = train(
         vae.model, vae.guide, dataset, elbo=objective, num_particles=args.num_particles, labels=vae.needs_labels,
         schedule=KLSchedule(warmup_steps=args.kl_warmup, free_bits=free_bits),

@@ -10,11 +10,13 @@ are scaled.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..pyro_internals import TracelessELBO, torch_item
 
-__all__ = ["LossFromDifferentiableLoss", "ValueFromDifferentiableLoss"]
+__all__ = ["LossFromDifferentiableLoss", "OwnPlateDepth", "ValueFromDifferentiableLoss"]
 
 
 class ValueFromDifferentiableLoss:
@@ -36,3 +38,24 @@ class ValueFromDifferentiableLoss:
 class LossFromDifferentiableLoss(ValueFromDifferentiableLoss, TracelessELBO):
     """A Pyro ``ELBO`` that defines only ``differentiable_loss`` (it never asks Pyro's ``ELBO``
     machinery for traces; asking raises ``NotImplementedError``)."""
+
+
+class OwnPlateDepth:
+    """``max_plate_nesting`` as Pyro's ``ELBO`` counts it (the pair's plate depth, plus one for a
+    vectorized particle plate of more than one particle) over the pair's own depth in ``_nesting``
+    (``None``: guessed at the first call, which runs the pair once and so draws from the RNGs).
+    Setting it, as :func:`~pyro_vae.objectives.get_elbo` does for an object built without one,
+    sets ``_nesting``: the objective uses what it records."""
+
+    _nesting: int | None = None
+
+    def _particle_dims(self) -> int:
+        return int(getattr(self, "vectorize_particles", False) and getattr(self, "num_particles", 1) > 1)
+
+    @property
+    def max_plate_nesting(self) -> float:
+        return math.inf if self._nesting is None else self._nesting + self._particle_dims()
+
+    @max_plate_nesting.setter
+    def max_plate_nesting(self, value: float) -> None:
+        self._nesting = None if value == math.inf else int(value) - self._particle_dims()

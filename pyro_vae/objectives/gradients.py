@@ -37,6 +37,14 @@ VAE's top-down nets) get each part that they enter. Cost: about one guide pass a
 pass more than :class:`~pyro_vae.objectives.IWAE_ELBO`. Guide sites must be reparameterizable.
 The loss is ``-sum_n s * value_n`` (``s`` the datapoint sites' common scale, as for ``IWAE_ELBO``);
 under ``torch.no_grad`` only the value is computed.
+
+**Caveats.** For a parameter that enters model and guide (the Ladder VAE's and the NVAE's top-down
+nets), each estimator applies its coefficients to the part each term contributes: STL's, DReG's,
+MIWAE's and CIWAE's claims hold for it as for any other parameter, but PIWAE's gradient for it is
+IWAE_{MK}'s decoder part plus MIWAE's path and score parts, the gradient of neither bound. The
+guide is run twice per step (the draws, then the density at them): a guide with dropout draws
+other masks the second time, and batch-norm statistics update twice; the shipped guides have
+neither.
 """
 
 from __future__ import annotations
@@ -55,12 +63,12 @@ from ..importance import (
     guess_max_plate_nesting,
     sample_sites,
 )
-from .base import LossFromDifferentiableLoss
+from .base import LossFromDifferentiableLoss, OwnPlateDepth
 
 __all__ = ["CIWAE_ELBO", "IWAE_DReG", "IWAE_STL", "MIWAE_ELBO", "PIWAE_ELBO", "STL_ELBO", "SplitGradientELBO"]
 
 
-class SplitGradientELBO(LossFromDifferentiableLoss):
+class SplitGradientELBO(OwnPlateDepth, LossFromDifferentiableLoss):
     """Base of the objectives of this module: a bound of the ``(K, B)`` log weights and the
     coefficients of its gradient's decoder, path and score parts (module docstring).
 

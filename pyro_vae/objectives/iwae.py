@@ -13,12 +13,12 @@ import math
 import torch
 
 from ..importance import LogWeights, guess_max_plate_nesting, log_importance_weights
-from .base import LossFromDifferentiableLoss
+from .base import LossFromDifferentiableLoss, OwnPlateDepth
 
 __all__ = ["IWAE_ELBO"]
 
 
-class IWAE_ELBO(LossFromDifferentiableLoss):
+class IWAE_ELBO(OwnPlateDepth, LossFromDifferentiableLoss):
     r"""The importance-weighted bound of Burda et al. (2015), per datapoint.
 
     .. math::

@@ -23,8 +23,9 @@ __all__ = ["ELBO_NAMES", "GRADIENT_ESTIMATORS", "elbo_label", "from_object", "ge
 GRADIENT_ESTIMATORS = {"stl": STL_ELBO, "iwae-stl": IWAE_STL, "dreg": IWAE_DReG, "miwae": MIWAE_ELBO,
                        "piwae": PIWAE_ELBO, "ciwae": CIWAE_ELBO}
 """The objectives of :mod:`~pyro_vae.objectives.gradients` by name; built with ``num_particles``
-as ``K`` and their other settings at the defaults (MIWAE and PIWAE: ``groups=4``; CIWAE:
-``beta=0.5``); other settings: pass an object, e.g. ``MIWAE_ELBO(groups=8, num_particles=8)``."""
+as ``K`` and their other settings at the defaults (MIWAE and PIWAE: ``groups=2``, so ``2 K`` draws
+per datapoint; CIWAE: ``beta=0.5``); other settings: pass an object, e.g.
+``MIWAE_ELBO(groups=8, num_particles=8)``."""
 ELBO_NAMES = ("trace", "meanfield", "iwae", "enum", *GRADIENT_ESTIMATORS)
 
 

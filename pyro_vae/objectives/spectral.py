@@ -41,6 +41,10 @@ class SpectralRegularizedELBO(LossFromDifferentiableLoss):
     ``lambda sum_l sigma_l``; pyro-vae's losses are sums over the minibatch, hence the ``B``), for
     every layer ``W_l`` of ``module`` (:func:`largest_singular_values`).
 
+    ``B`` is the size of the first argument of model and guide, the minibatch, which is what
+    "per datapoint" means when the data plate is not subsampled; under a data scale (``N / B``) the
+    ELBO is scaled and the penalty is not.
+
     The **value** it returns is the wrapped objective's alone (so a run's ``train_elbo`` stays
     that ELBO, in nats per datapoint); the **gradient** is the sum's. The penalty is not part of
     the model: log-likelihood estimates and test ELBOs do not see it. The checker applies the

@@ -79,11 +79,14 @@ def train(
             ``y``, masks, conditioning inputs) are passed to model and guide by keyword, sliced
             with each minibatch (``model(x, y=y_batch)``); both must take each name (else a
             ``ValueError`` before any step). Not with ``compile``.
-        elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO), ``iwae`` or ``enum``
-            (TraceEnum_ELBO, for enumerated discrete latents); or a ``pyro.infer.ELBO`` instance
-            (see :func:`~pyro_vae.objectives.get_elbo`), recorded in ``config.json`` by its class
-            path and settings.
-        num_particles: samples per datapoint per step (averaged, or ``K`` for ``iwae``).
+        elbo: ``trace`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO), ``iwae``, ``enum``
+            (TraceEnum_ELBO, for enumerated discrete latents), or a gradient estimator by name
+            (``stl``, ``iwae-stl``, ``dreg``, ``miwae``, ``piwae``, ``ciwae``:
+            :mod:`~pyro_vae.objectives.gradients`); or a ``pyro.infer.ELBO`` instance (see
+            :func:`~pyro_vae.objectives.get_elbo`), recorded in ``config.json`` by its class path
+            and settings.
+        num_particles: samples per datapoint per step (averaged, or ``K`` for ``iwae`` and
+            ``dreg``; per group for ``miwae`` and ``piwae``, which draw two groups).
         labels: pass each batch's class labels (``data.train_labels``) as the second argument,
             for conditional pairs; the test ELBO uses ``data.test_labels``.
         schedule: KL warm-up and free bits (:class:`~pyro_vae.training.KLSchedule`); ``None``: neither.
@@ -175,7 +178,8 @@ def train(
     module = owner_module(model, guide, module)
     networks = compile_targets(module, model, guide, *example) if compile else []
     num_particles = num_particles if isinstance(elbo, str) else elbo.num_particles
-    settings = _settings(data, options, label, num_particles, schedule, optimizer, lr, folder)
+    settings = _settings(data, options, label, num_particles, schedule, rules_of(elbo, schedule.free_bits).free_bits,
+                         optimizer, lr, folder)
     saved = None
     if folder is not None and folder.resume:
         saved = folder.load_for_resume(model, guide, data, labels, settings)
@@ -269,11 +273,12 @@ def _check_named(model, guide, data: Dataset) -> None:
 
 
 def _settings(data: Dataset, options: TrainerOptions, elbo: str, num_particles: int, schedule: KLSchedule,
-              optimizer: str, lr: float, folder: RunFolder | None) -> dict:
-    """The resolved settings written to ``config.json`` (a resumed run must match most of them)."""
+              free_bits: float, optimizer: str, lr: float, folder: RunFolder | None) -> dict:
+    """The resolved settings written to ``config.json`` (a resumed run must match most of them);
+    ``free_bits``: the objective's, whether the schedule or an ELBO object carries them."""
     return dict(
         elbo=elbo, num_particles=num_particles, labels=options.labels, kl_warmup_steps=schedule.warmup_steps,
-        free_bits=schedule.free_bits, optimizer=optimizer, lr=lr, batch_size=options.batch_size,
+        free_bits=free_bits, optimizer=optimizer, lr=lr, batch_size=options.batch_size,
         epochs=options.epochs, seed=options.seed, dataset=data.name, num_train=data.train.shape[0],
         num_test=None if data.test is None else data.test.shape[0],
         num_valid=None if data.valid is None else data.valid.shape[0],

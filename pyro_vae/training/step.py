@@ -138,21 +138,24 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def owner_module(model, guide, module: torch.nn.Module | None = None) -> torch.nn.Module | None:
-    """``module`` if given, else the ``nn.Module`` that holds the pair's networks: the one whose
-    methods ``model`` and ``guide`` are; for two modules (a model's and a guide that is a module
-    itself, such as :class:`~pyro_vae.AutoAmortizedNormal`) an ``nn.ModuleDict`` of both
-    (``"model"``, ``"guide"``), which is no shipped pair, so a run folder does not claim to be one."""
+    """``module`` if given, else the one ``nn.Module`` whose methods ``model`` and ``guide`` are (or
+    whose method one of them is, the other a plain function). ``None`` when no one module holds
+    both: e.g. a model method beside a guide that is a module itself (such as
+    :class:`~pyro_vae.AutoAmortizedNormal`), or a plain-function model beside one; then distributed
+    training and ``compile`` ask for ``module=...``, and a run folder does not claim a shipped pair."""
     if module is not None:
         return module
-    owners = {}
-    for fn in (model, guide):
-        owner = getattr(fn, "__self__", fn)
-        if isinstance(owner, torch.nn.Module):
-            owners[id(owner)] = owner
-    owners = list(owners.values())
-    if len(owners) == 2:
-        return torch.nn.ModuleDict({"model": owners[0], "guide": owners[1]})
-    return owners[0] if owners else None
+
+    def owner(fn):
+        holder = getattr(fn, "__self__", fn)
+        return holder if isinstance(holder, torch.nn.Module) else None
+
+    owners = [o for o in (owner(model), owner(guide)) if o is not None]
+    if len({id(o) for o in owners}) != 1:
+        return None
+    if len(owners) == 1 and any(isinstance(fn, torch.nn.Module) for fn in (model, guide)):
+        return None  # a module guide (or model) beside a function: it does not hold the other's networks
+    return owners[0]
 
 
 def ddp_loss(loss: ELBOLoss, device: torch.device):
