@@ -23,6 +23,7 @@ from .models import (
     LadderVAE,
     NVAE,
     SemiSupervisedVAE,
+    VQVAE,
     build_model,
 )
 from .objectives import (
@@ -55,6 +56,7 @@ __all__ = [
     "IWAE_ELBO",
     "MODELS",
     "VAE",
+    "VQVAE",
     "AutoAmortizedNormal",
     "CheckpointError",
     "ConditionalVAE",

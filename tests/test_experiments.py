@@ -31,7 +31,11 @@ def check_zoo(report):
         # one epoch on 1000 points improves on the same pair untrained (about -540 nats), by more
         # than 5 standard errors of the two estimates
         gain, se = r["test_elbo"] - r["untrained_elbo"], (r["test_elbo_se"] ** 2 + r["untrained_elbo_se"] ** 2) ** 0.5
-        assert gain > 5 * se and r["log_likelihood"] >= r["test_elbo"] - 3 * r["test_elbo_se"], r["model"]
+        assert gain > 5 * se, r["model"]
+        if r["model"] == "vq":  # a point-mass posterior: the estimator refuses, naming why
+            assert r["log_likelihood"] is None and "gives probability 0" in r["log_likelihood_refused"]
+        else:
+            assert r["log_likelihood"] >= r["test_elbo"] - 3 * r["test_elbo_se"], r["model"]
 
 
 def check_aevb(report, folder):

@@ -8,19 +8,25 @@
 * a **global latent** (a latent site outside the data plate, a ``PyroSample`` weight):
   :func:`check_no_global_latents`, and :func:`missing_latent_refusal` when the model failed after
   drawing a latent the guide does not sample;
-* a **point-mass guide site** (``Delta``): :func:`check_no_point_mass`.
+* a **point-mass guide site** (``Delta``): :func:`check_no_point_mass`;
+* for importance sampling only (:func:`pyro_vae.estimate_log_likelihood`), a **discrete guide site
+  that gives probability 0 to values the model's prior allows** (a deterministic, one-hot posterior
+  such as a VQ-VAE's nearest code): :func:`check_proposal_covers_prior`.
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro.infer
+import torch
 
 from ..pyro_internals import is_deterministic, site_is_subsample
 from .errors import ModelGuideError
 from .rules import distribution_name
 
 __all__ = ["SiteRecorder", "check_no_global_latents", "check_no_point_mass", "check_not_autoguide",
-           "missing_latent_refusal", "subsample_refusal"]
+           "check_proposal_covers_prior", "missing_latent_refusal", "subsample_refusal"]
 
 
 def check_not_autoguide(guide, data_plate: str = "data") -> None:
@@ -134,3 +140,62 @@ def check_no_point_mass(guide_sites: dict, latent: dict) -> None:
                 f"'bound' is log p(x, z*), a MAP objective, neither an ELBO nor (for the estimators) a "
                 f"log-likelihood; give the site a distribution with a density (e.g. Normal(loc, scale) with "
                 f"both from the encoder), or, for MAP, make z a network output instead of a latent")
+
+
+def check_proposal_covers_prior(guide_sites: dict, latent: dict) -> None:
+    """Importance sampling's condition, for the discrete latent sites the guide samples (those it
+    enumerates are summed exactly, and continuous ones have densities; a ``Delta`` is refused by
+    :func:`check_no_point_mass`): ``q(z | x) > 0`` wherever ``p(z) > 0``, checked value by value
+    over the site's support at every datapoint and position of the batch. "Probability 0" is read
+    from the parameters the distribution was built from (``probs`` of 0, logits of ``-inf``), so a
+    probability that merely underflowed is not one.
+
+    A proposal that misses part of the prior's support gives weights of that part only, and
+    ``log mean w`` estimates the log-probability of ``x`` *and* that part: a lower bound, not
+    ``log p(x)``, at any number of samples. A point mass (all probability on one value, as a VQ-VAE's
+    nearest-code guide) gives the ELBO itself, with K identical weights, so an ESS of K and no
+    k-hat warning: it would pass for a perfect estimate. (The ELBO is still valid there:
+    :func:`pyro_vae.evaluate_elbo` reports it.)"""
+    for name, site in guide_sites.items():
+        prior = latent.get(name)
+        if prior is None or site["infer"].get("enumerate") == "parallel":
+            continue
+        q, p = _elementwise(site["fn"]), _elementwise(prior["fn"])
+        if not getattr(q, "has_enumerate_support", False) or distribution_name(q) == "Delta":
+            continue
+        values = q.enumerate_support(expand=False)
+        missed = _impossible(q, values) & ~_impossible(p, values)
+        if bool(missed.any()):
+            share = float(missed.any(0).double().mean())
+            raise ModelGuideError(
+                f"guide site {name!r} ({distribution_name(site['fn'])}) gives probability 0 to values that the "
+                f"model's prior gives positive probability (at {100 * share:.0f}% of its positions on the check "
+                f"batch): importance sampling with it as the proposal never draws them, so log p̂(x) "
+                f"would be a lower bound (for a point mass such as a VQ-VAE's nearest code, the ELBO itself, with K "
+                f"identical weights and a perfect-looking ESS), not an estimate of log p(x). Report the ELBO "
+                f"(pyro_vae.evaluate_elbo: for a VQ-VAE with a uniform prior, reconstruction - L log K), or give "
+                f"the guide positive probability wherever the prior has it")
+
+
+def _elementwise(fn):
+    """``fn`` without its ``Independent``, ``Expanded`` and ``Masked`` wrappers: ``log_prob`` then keeps
+    every position, and the support is the same."""
+    while type(fn).__name__ in ("Independent", "ExpandedDistribution", "MaskedDistribution"):
+        fn = fn.base_dist
+    return fn
+
+
+def _impossible(fn, values: torch.Tensor) -> torch.Tensor:
+    """Whether ``fn`` gives probability exactly 0 to each of ``values`` (``enumerate_support(expand=False)``,
+    one value per leftmost index). The categorical and Bernoulli families are read from the parameters
+    they were built from: ``probs`` of 0 (which ``log_prob`` would clamp to a tiny positive number), or
+    logits of ``-inf`` (``+inf`` for a Bernoulli's 0), never from probabilities that underflowed."""
+    base = fn._categorical if isinstance(fn, torch.distributions.OneHotCategorical) else fn
+    if isinstance(base, torch.distributions.Categorical):
+        zero = base.probs == 0 if base._param is base.probs else base.logits == -math.inf
+        return zero.movedim(-1, 0)
+    if isinstance(fn, torch.distributions.Bernoulli):
+        if fn._param is fn.probs:
+            return torch.where(values == 1, fn.probs == 0, fn.probs == 1)
+        return torch.where(values == 1, fn.logits == -math.inf, fn.logits == math.inf)
+    return fn.log_prob(values) == -math.inf

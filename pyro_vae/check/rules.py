@@ -108,6 +108,13 @@ def check_enumeration(enumerated: list, guide_sites: dict, elbo, data_plate: str
                 f"(infer={{'enumerate': None}})")
 
 
+def _innermost(fn):
+    """``fn`` without its ``Independent``, ``Expanded`` and ``Masked`` wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
 def check_latent_site(name: str, g: dict, m: dict, elbo: str | None) -> None:
     """Latent sites: same batch and event shapes in guide ``g`` and model ``m``, guide draws in
     the model's support, and ``rsample`` under ``iwae``."""
@@ -119,6 +126,11 @@ def check_latent_site(name: str, g: dict, m: dict, elbo: str | None) -> None:
     if not bool(m["fn"].support.check(g["value"]).all()):
         raise ModelGuideError(f"site {name!r}: the guide draws values outside the support of the "
                               f"model's {distribution_name(m['fn'])} distribution")
+    if elbo not in (None, "vq") and getattr(_innermost(g["fn"]), "straight_through_only", False):
+        raise ModelGuideError(f"guide site {name!r} ({distribution_name(g['fn'])}) is a nearest-code point mass that "
+                              f"the encoder reaches only through the straight-through estimator: the {elbo} "
+                              "objective would give the encoder no gradient; train with elbo=\"vq\" "
+                              "(objectives.VQVAELoss), the pair's default_elbo")
     if elbo == "iwae" and not g["fn"].has_rsample:
         raise ModelGuideError(f"guide site {name!r} ({distribution_name(g['fn'])}) is not reparameterizable, "
                               "but the iwae objective and the gradient estimators (stl, dreg, ...) need rsample(): "

@@ -152,9 +152,11 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
 
 
 def add_elbo_arg(p: argparse.ArgumentParser) -> None:
-    """``--elbo trace|meanfield|iwae``."""
-    p.add_argument("--elbo", default="trace", choices=ELBO_NAMES,
-                   help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO; iwae: importance weighted")
+    """``--elbo NAME`` (:data:`~pyro_vae.objectives.ELBO_NAMES`; default: the pair's own)."""
+    p.add_argument("--elbo", default=None, choices=ELBO_NAMES,
+                   help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO; iwae: importance weighted; enum: "
+                        "enumerated discrete latents; stl, iwae-stl, dreg, miwae, piwae, ciwae: gradient estimators "
+                        "(default: the pair's own objective, trace for most; m2 enum; vq its VQ-VAE loss)")
 
 
 def load_data(args, device: torch.device, name: str, seed: int = 0):

@@ -24,7 +24,8 @@ from ..training import KLSchedule, RunFolder, train
 from .args import add_elbo_arg, add_train_args, labels_by_name, load_data, model_config, resolve_device
 from .evaluate import estimate, save_estimate, test_labels
 
-__all__ = ["CLI_RESUME_FLAGS", "REMOVED_CLI_SETTINGS", "add_parser", "build_pair", "run", "train_from_args"]
+__all__ = ["CLI_RESUME_FLAGS", "REMOVED_CLI_SETTINGS", "add_parser", "build_pair", "pair_objective", "run",
+           "train_from_args"]
 
 CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "compile", "step")
 """Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
@@ -80,13 +81,14 @@ def train_from_args(args, dataset, device, elbo: str, out):
                   "cli": cli}
     folder = RunFolder(out, overwrite=args.overwrite, resume=getattr(args, "resume", None) is not None,
                        checkpoint_every=getattr(args, "checkpoint_every", 0))
-    objective, free_bits = elbo, args.free_bits
+    objective, free_bits = pair_objective(vae, elbo), args.free_bits
     if getattr(args, "spectral_regularization", 0.0):  # the wrapped objective carries the free bits
         module = vae if isinstance(vae, torch.nn.Module) else getattr(vae, "module", None)
         if module is None:
             raise ValueError("--spectral-regularization needs the nn.Module holding the pair's networks: make the "
                              "--pair factory return one (or (model, guide, module))")
-        inner = get_elbo(elbo, args.num_particles, free_bits, data_plate="data")
+        inner = get_elbo(objective, args.num_particles, free_bits, data_plate="data") if isinstance(objective, str) \
+            else objective
         objective, free_bits = SpectralRegularizedELBO(inner, module, args.spectral_regularization), 0.0
     result = train(
         vae.model, vae.guide, dataset, elbo=objective, num_particles=args.num_particles, labels=vae.needs_labels,
@@ -97,6 +99,13 @@ def train_from_args(args, dataset, device, elbo: str, out):
         step=getattr(args, "step", "auto"),
     )
     return vae, result
+
+
+def pair_objective(vae, elbo: str | None) -> str:
+    """The objective to train ``vae`` with: ``elbo`` by name, or (``None``) the pair's own
+    ``default_elbo`` (``"trace"`` where it has none; ``m2``: ``"enum"``, ``vq``: ``"vq"``). A name
+    that cannot train the pair is refused by the checker before any step."""
+    return elbo if elbo is not None else getattr(vae, "default_elbo", "trace")
 
 
 def build_pair(args, dataset) -> tuple:
@@ -155,7 +164,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     device = resolve_device(args.device)
     dataset = labels_by_name(load_data(args, device, args.dataset), args.labels_as)
     model = args.model if args.pair is None else args.pair.rpartition(":")[2]
-    out = args.out or f"runs/{args.dataset}-{model}-{args.elbo}-seed{args.seed}"
+    out = args.out or f"runs/{args.dataset}-{model}-{args.elbo or 'default'}-seed{args.seed}"
     vae, result = train_from_args(args, dataset, device, args.elbo, out)
     if is_main():
         print(f"run folder: {result.out}")

@@ -14,6 +14,8 @@ from pyro.distributions import Unit
 from tqdm.auto import tqdm
 
 from ..check import check_model_guide
+from ..check.idioms import check_proposal_covers_prior
+from ..check.validation import run_pair
 from ..diagnostics import StreamingLogWeights, psis_tail_length
 from ..importance import guess_max_plate_nesting, log_importance_weights, sample_sites
 from .comparison import data_fingerprint
@@ -170,11 +172,23 @@ def _estimate(model, guide, data, num_samples: int, batch_size: int, args: tuple
     start = time.perf_counter()
     with forked_rng(data.device) if options.seed is not None else contextlib.nullcontext():
         check_model_guide(model, guide, data, *args, data_plate=options.data_plate, **kwargs)
+        if options.enumerate == "sum":  # log p(x) by importance sampling (not evaluate_elbo's ELBO)
+            _check_proposal(model, guide, data, args, kwargs, options.data_plate)
         nesting = _max_plate_nesting(model, guide, data, batch_size, args, kwargs)
         sampler = _Sampler(model, guide, num_samples, group_sizes, tail_size, options.chunk_size, nesting,
                            options.data_plate, options.diagnostics, options.enumerate)
         results, bounds = plan.gather(*sampler.run(data, args, kwargs, plan, options.progress))
     return _result(results, bounds, num_samples, options.diagnostics, time.perf_counter() - start)
+
+
+def _check_proposal(model, guide, data: torch.Tensor, args: tuple, kwargs: dict, data_plate: str) -> None:
+    """Refuse a guide that cannot be an importance-sampling proposal for the model
+    (:func:`~pyro_vae.check.idioms.check_proposal_covers_prior`), from one run on the first rows
+    (as the checker's; the RNG state is left as it was)."""
+    rows = min(8, data.shape[0])
+    cut_args, cut_kwargs = slice_args(args, kwargs, data.shape[0], slice(0, rows))
+    guide_trace, model_trace = run_pair(model, guide, data[:rows], cut_args, cut_kwargs, data_plate)
+    check_proposal_covers_prior(dict(sample_sites(guide_trace)), dict(sample_sites(model_trace, observed=False)))
 
 
 def _check_sizes(num_samples: int, batch_size: int, data: torch.Tensor) -> None:

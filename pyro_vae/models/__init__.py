@@ -15,6 +15,7 @@ nvae          :class:`NVAE`, NVAE-style (Vahdat & Kautz 2020) latent groups, res
 conditional   :class:`ConditionalVAE`, labels as an extra argument
 iaf           :class:`FlowVAE`, inverse autoregressive flow guide
 m2            :class:`SemiSupervisedVAE`, Kingma et al. (2014), class summed out
+vq            :class:`VQVAE`, van den Oord et al. (2017), nearest-code posterior, uniform prior
 ============  ===================================================================
 
 A pair of your own can be built by a factory (``pyro-vae train --pair package.module:make_pair``),
@@ -39,11 +40,12 @@ from .nvae import NVAE
 from .m2 import SemiSupervisedVAE
 from .mlp import VAE
 from .single import SingleLatentVAE
+from .vq import VQVAE
 from ..names import unknown_name
 
 __all__ = [
-    "MODELS", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "LadderVAE", "NVAE", "PairModule", "SemiSupervisedVAE", "SingleLatentVAE",
-    "VAE", "build_model", "model_options",
+    "MODELS", "NVAE", "VAE", "VQVAE", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "LadderVAE",
+    "PairModule", "SemiSupervisedVAE", "SingleLatentVAE", "build_model", "model_options",
 ]
 
 MODELS: dict[str, type[PairModule]] = {
@@ -55,6 +57,7 @@ MODELS: dict[str, type[PairModule]] = {
     "conditional": ConditionalVAE,
     "iaf": FlowVAE,
     "m2": SemiSupervisedVAE,
+    "vq": VQVAE,
 }
 """Shipped model families by name."""
 

@@ -68,6 +68,7 @@ module               contents
                      :class:`PIWAE_ELBO`, :class:`CIWAE_ELBO` (:class:`SplitGradientELBO`)
 ``semi_supervised``  :class:`SemiSupervisedELBO`
 ``spectral``         :class:`SpectralRegularizedELBO` (NVAE's spectral regularization)
+``vq``               :class:`VQVAELoss` (the VQ-VAE's loss; its value the uniform-prior ELBO)
 ``scaling``          :func:`scale_latents`
 ``registry``         :data:`ELBO_NAMES`, :func:`get_elbo` (names or ELBO objects), :func:`elbo_label`
 ===================  =============================================================================
@@ -85,6 +86,7 @@ from .registry import ELBO_NAMES, GRADIENT_ESTIMATORS, elbo_label, get_elbo
 from .scaling import scale_latents
 from .semi_supervised import SemiSupervisedELBO
 from .spectral import SpectralRegularizedELBO
+from .vq import VQVAELoss
 from .trace import Trace_ELBO
 
 __all__ = [
@@ -105,6 +107,7 @@ __all__ = [
     "TraceEnum_ELBO",
     "TraceMeanField_ELBO",
     "Trace_ELBO",
+    "VQVAELoss",
     "ValueFromDifferentiableLoss",
     "elbo_label",
     "get_elbo",
