@@ -271,6 +271,27 @@ def check_deep(report, folder):
     assert (folder / "summary.md").read_text().count("\n| ") == 1 + len(rows)
 
 
+def check_discrete(report):
+    rows = {r["run"]: r for r in report["rows"]}
+    assert list(rows) == ["concrete", "concrete-st", "concrete-8x2", "concrete-st-8x2", "bernoulli-sf",
+                          "bernoulli-baseline", "bernoulli-enum"]
+    for r in rows.values():
+        # two epochs on 1000 points improve on the same pair untrained by more than 5 standard errors, and
+        # log p̂_K >= the ELBO of the same draws (log of a mean >= mean of the logs), datapoint by datapoint
+        gain, se = r["test_elbo"] - r["untrained_elbo"], math.hypot(r["test_elbo_se"], r["untrained_elbo_se"])
+        assert gain > 5 * se and r["log_likelihood"] >= r["elbo_same_points"] - 1e-9, r["run"]
+        if "exact_log_likelihood" in r:  # p̂(x) is unbiased for the exact sum over the 256 states
+            assert abs(r["estimate_over_exact_ratio"] - 1) < 4 * r["estimate_over_exact_ratio_se"] + 1e-6, r["run"]
+        assert ("relaxed_log_likelihood" in r) == (r["run"] in ("concrete", "concrete-8x2"))
+        assert (0.5 <= r["temperature"] < 1.0) == r["run"].startswith("concrete")  # annealed, not below 0.5
+    enum = rows["bernoulli-enum"]  # every weight sums the 256 states: the estimate is the exact log p(x)
+    assert abs(enum["log_likelihood"] - enum["exact_log_likelihood"]) < 1e-3 and enum["gradient"]["variance_mean"] == 0
+    exact, plain, baseline = report["same_weights"]
+    assert exact["variance_mean"] == 0 and baseline["variance_mean"] < plain["variance_mean"]
+    for r in (plain, baseline):  # both unbiased for the enumerated gradient: |mean - exact|^2 of the order of its noise
+        assert r["squared_error_ratio"] < 3 and abs(r["projection"] - 1) < 4 * r["projection_se"], r
+
+
 QUICK_RUNS = {
     "benchmark.py": (["--quick", "--device", "cpu"], check_benchmark),
     "eval_throughput.py": (["--quick", "--device", "cpu"], check_eval_throughput),
@@ -283,6 +304,7 @@ QUICK_RUNS = {
     "autoguide.py": (["--quick", "--device", "cpu"], check_autoguide),
     "gradient_snr.py": (["--quick", "--device", "cpu"], check_gradient_snr),
     "deep.py": (["--quick", "--device", "cpu"], check_deep),
+    "discrete.py": (["--quick", "--device", "cpu"], check_discrete),
 }
 
 

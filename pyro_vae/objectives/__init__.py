@@ -60,6 +60,7 @@ module               contents
 ===================  =============================================================================
 ``base``             :class:`ValueFromDifferentiableLoss`, :class:`LossFromDifferentiableLoss`
 ``trace``            :class:`Trace_ELBO`
+``baselines``        :class:`TraceBaseline_ELBO` (Pyro's baselines on the score-function terms)
 ``meanfield``        :class:`TraceMeanField_ELBO`
 ``iwae``             :class:`IWAE_ELBO`
 ``enum``             :class:`TraceEnum_ELBO`
@@ -77,6 +78,7 @@ Pyro's private names are reached through :mod:`pyro_vae.pyro_internals` only.
 """
 
 from .base import LossFromDifferentiableLoss, ValueFromDifferentiableLoss
+from .baselines import TraceBaseline_ELBO
 from .enum import TraceEnum_ELBO
 from .free_bits import FreeBitsELBO
 from .gradients import CIWAE_ELBO, IWAE_DReG, IWAE_STL, MIWAE_ELBO, PIWAE_ELBO, STL_ELBO, SplitGradientELBO
@@ -104,6 +106,7 @@ __all__ = [
     "LossFromDifferentiableLoss",
     "SemiSupervisedELBO",
     "SpectralRegularizedELBO",
+    "TraceBaseline_ELBO",
     "TraceEnum_ELBO",
     "TraceMeanField_ELBO",
     "Trace_ELBO",

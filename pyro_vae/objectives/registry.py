@@ -11,6 +11,7 @@ import pyro.infer
 from pyro.infer import ELBO
 
 from ..names import unknown_name
+from .baselines import TraceBaseline_ELBO
 from .enum import TraceEnum_ELBO
 from .free_bits import FreeBitsELBO
 from .gradients import CIWAE_ELBO, IWAE_DReG, IWAE_STL, MIWAE_ELBO, PIWAE_ELBO, STL_ELBO
@@ -27,7 +28,7 @@ GRADIENT_ESTIMATORS = {"stl": STL_ELBO, "iwae-stl": IWAE_STL, "dreg": IWAE_DReG,
 as ``K`` and their other settings at the defaults (MIWAE and PIWAE: ``groups=2``, so ``2 K`` draws
 per datapoint; CIWAE: ``beta=0.5``); other settings: pass an object, e.g.
 ``MIWAE_ELBO(groups=8, num_particles=8)``."""
-ELBO_NAMES = ("trace", "meanfield", "iwae", "enum", *GRADIENT_ESTIMATORS, "vq")
+ELBO_NAMES = ("trace", "meanfield", "iwae", "enum", *GRADIENT_ESTIMATORS, "vq", "baseline")
 
 
 def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
@@ -48,7 +49,9 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
     out exactly (:class:`TraceEnum_ELBO`). ``stl``, ``iwae-stl``, ``dreg``, ``miwae``, ``piwae``
     and ``ciwae``: the bounds and gradient estimators of :mod:`~pyro_vae.objectives.gradients`
     (:data:`GRADIENT_ESTIMATORS`), with ``num_particles`` draws per datapoint (per group). ``vq``:
-    the VQ-VAE's loss (:class:`~pyro_vae.objectives.vq.VQVAELoss`, commitment 0.25).
+    the VQ-VAE's loss (:class:`~pyro_vae.objectives.vq.VQVAELoss`, commitment 0.25). ``baseline``:
+    ``trace`` with Pyro's baselines on its score-function terms
+    (:class:`~pyro_vae.objectives.baselines.TraceBaseline_ELBO`).
     ``free_bits > 0`` (nats per latent dimension) gives :class:`FreeBitsELBO`, for ``meanfield``
     only (it needs the per-dimension analytic KL; pairs for which that KL is not a term of the
     ELBO are refused at their first call, and by ``check_model_guide(..., free_bits=...)``).
@@ -76,6 +79,8 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
         return IWAE_ELBO(num_particles=num_particles, data_plate=data_plate, max_plate_nesting=max_plate_nesting)
     if name == "enum":
         return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
+    if name == "baseline":
+        return TraceBaseline_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "vq":
         return VQVAELoss()  # the VQ-VAE's own loss; num_particles is 1 (its posterior is a point mass)
     if name in GRADIENT_ESTIMATORS:
