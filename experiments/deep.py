@@ -115,18 +115,19 @@ def run_one(name: str, data, folder: Path, args) -> dict:
 def markdown(report: dict) -> str:
     r0 = report["rows"][0]
     lines = [f"# Deep hierarchies on dynamically binarized MNIST ({report['machine']}, {report['device']})", "",
-             f"Schedule: {report['epochs']} epoch(s) of {report['num_train']} training images, Adam "
+             f"Schedule: up to {max(r['epochs'] for r in report['rows'])} epochs (per row: as far as the time "
+             f"allowed) of {report['num_train']} training images, Adam "
              f"{report['lr']:g}, batch 100, objective meanfield, seed {report['seed']}; KL warm-up over "
              f"{report['warmup_epochs']} epoch(s) for {', '.join(WARMED_UP)}. log p̂(x) with K = {r0['num_samples']} "
              "on the first n test images (n per row); active units: Var_x E_q[z_j] > 0.01 on those images. "
              "Nats per datapoint. The papers' numbers are on all 10000 test images after their full schedules "
              "(hundreds to thousands of epochs on GPUs).", "",
-             "| model | parameters | s / epoch | test ELBO | n | log p̂(x) ± SE | active units per layer | paper -log p(x) |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
+             "| model | parameters | epochs | s / epoch | test ELBO | n | log p̂(x) ± SE | active units per layer | "
+             "paper -log p(x) |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in report["rows"]:
         units = ", ".join(f"{k} {v}" for k, v in r["active_units"].items())
         paper = f"{r['paper_nll']:.2f} ({r['paper']})" if r["paper_nll"] else r["paper"]
-        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['seconds_per_epoch']:.0f} | {r['test_elbo']:.2f} | "
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['epochs']} | {r['seconds_per_epoch']:.0f} | {r['test_elbo']:.2f} | "
                      f"{r['num_eval']} | {r['log_likelihood']:.2f} ± {r['log_likelihood_se']:.2f} | {units} | {paper} |")
     lines += ["", "The full schedule on a GPU (each paper trains far longer; this is the command that resumes "
               "towards it):", "", "    python experiments/deep.py --epochs 1000 --warmup-epochs 200 --num-eval 10000 "
