@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import torch
 
-from ..pyro_internals import compute_log_r, is_identically_zero, log_r_sum_to, score_parts
 from .trace import Trace_ELBO
 
 __all__ = ["BASELINE_KEYS", "TraceBaseline_ELBO"]
@@ -98,30 +97,11 @@ class TraceBaseline_ELBO(Trace_ELBO):
         self.averages: dict[str, torch.Tensor] = {}
         """Decaying averages of the learning signal, by site name (``use_decaying_avg_baseline``)."""
 
-    def _particle_loss(self, model_trace, guide_trace):
-        """``(loss, surrogate loss)`` of one (possibly vectorized) particle: ``Trace_ELBO``'s, with
-        each score-function site's signal minus its baseline, plus the baselines' squared errors
-        (``Trace_ELBO.differentiable_loss`` takes the value of the first, the gradient of the second)."""
-        elbo, surrogate, log_r, baseline_loss = 0.0, 0.0, None, 0.0
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                elbo = elbo + site["log_prob_sum"]
-                surrogate = surrogate + site["log_prob_sum"]
-        for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            _, score_function_term, entropy_term = score_parts(site)
-            elbo = elbo - site["log_prob_sum"]
-            if not is_identically_zero(entropy_term):
-                surrogate = surrogate - entropy_term.sum()
-            if not is_identically_zero(score_function_term):
-                if log_r is None:
-                    log_r = compute_log_r(model_trace, guide_trace)
-                signal = log_r_sum_to(log_r, site)  # detached: log p - log q of the site's plates
-                baseline, squared_error = self.baseline(name, site, signal)
-                surrogate = surrogate + ((signal - baseline).detach() * score_function_term).sum()
-                baseline_loss = baseline_loss + squared_error
-        return -torch.as_tensor(elbo).detach(), -surrogate + baseline_loss
+    def learning_signal(self, name: str, site: dict, log_r: torch.Tensor):
+        """``Trace_ELBO``'s signal of score-function site ``name`` minus its baseline (detached),
+        and the baseline's squared error, which ``differentiable_loss`` adds to the gradient only."""
+        baseline, squared_error = self.baseline(name, site, log_r)
+        return (log_r - baseline).detach(), squared_error
 
     def baseline(self, name: str, site: dict, signal: torch.Tensor):
         """``(b, squared error)`` of guide site ``name`` for its learning ``signal`` (nats, the shape

@@ -37,12 +37,12 @@ class Trace_ELBO(ValueFromDifferentiableLoss, pyro.infer.Trace_ELBO):
     def _particle_loss(self, model_trace, guide_trace):
         """``(loss, surrogate loss)`` of one (possibly vectorized) particle, both tensors (Pyro's
         reads the first with ``.item()``, one host sync per site)."""
-        elbo, surrogate, log_r = 0.0, 0.0, None
+        elbo, surrogate, log_r, extra = 0.0, 0.0, None, 0.0
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
                 elbo = elbo + site["log_prob_sum"]
                 surrogate = surrogate + site["log_prob_sum"]
-        for site in guide_trace.nodes.values():
+        for name, site in guide_trace.nodes.items():
             if site["type"] != "sample":
                 continue
             _, score_function_term, entropy_term = score_parts(site)
@@ -52,8 +52,15 @@ class Trace_ELBO(ValueFromDifferentiableLoss, pyro.infer.Trace_ELBO):
             if not is_identically_zero(score_function_term):
                 if log_r is None:
                     log_r = compute_log_r(model_trace, guide_trace)
-                surrogate = surrogate + (log_r_sum_to(log_r, site) * score_function_term).sum()
-        return -torch.as_tensor(elbo).detach(), -surrogate
+                signal, loss = self.learning_signal(name, site, log_r_sum_to(log_r, site))
+                surrogate, extra = surrogate + (signal * score_function_term).sum(), extra + loss
+        return -torch.as_tensor(elbo).detach(), -surrogate + extra
+
+    def learning_signal(self, name: str, site: dict, log_r: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The factor of score-function site ``name``'s ``log q`` in the surrogate, and a loss to add
+        (e.g. a baseline's squared error): here the detached ``log r`` and 0; a subclass may
+        subtract a baseline (:class:`~pyro_vae.objectives.baselines.TraceBaseline_ELBO`)."""
+        return log_r, 0.0
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The loss (value) with the surrogate's gradient, as a device tensor, no host sync."""
