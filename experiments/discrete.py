@@ -62,7 +62,8 @@ def build(name: str, data_dim: int, hidden) -> torch.nn.Module:
     if name.startswith("concrete"):
         size = {"latent_dim": 8, "num_categories": 2} if name.endswith("8x2") else {}
         return ConcreteVAE(data_dim, hidden_dim=hidden, straight_through="-st" in name, **size)
-    options = {"bernoulli-sf": {}, "bernoulli-baseline": {"baseline": "neural"}, "bernoulli-enum": {"enumerate": True}}
+    options = {"bernoulli-sf": {"baseline": "none"}, "bernoulli-baseline": {"baseline": "neural"},
+               "bernoulli-enum": {"enumerate": True}}
     return BernoulliVAE(data_dim, latent_dim=8, hidden_dim=hidden, **options[name])
 
 

@@ -243,7 +243,7 @@ def test_estimate_log_likelihood_is_exact_for_the_enumerated_pair_and_unbiased_f
         exact = enumerated.exact_log_likelihood(x)
     assert torch.allclose(result.log_likelihood, exact.double(), atol=1e-4)  # the 16 states summed in each weight
     pyro.clear_param_store()
-    sampled = BernoulliVAE(30, latent_dim=4, hidden_dim=16)
+    sampled = BernoulliVAE(30, latent_dim=4, hidden_dim=16, baseline="none")
     sampled.load_state_dict(enumerated.state_dict())  # the same pair, its bits sampled from the guide
     result = estimate_log_likelihood(sampled.model, sampled.guide, x, num_samples=500, batch_size=10, bound_ks=(1,),
                                      seed=0)
@@ -315,13 +315,15 @@ def test_each_pair_passes_the_checker_with_its_default_objective_and_is_refused_
     x = binary_data(8)
     pairs = [ConcreteVAE(30, latent_dim=4, num_categories=5, hidden_dim=16),
              ConcreteVAE(30, latent_dim=4, num_categories=5, hidden_dim=16, straight_through=True, temperature=0.5),
-             BernoulliVAE(30, latent_dim=4, hidden_dim=16),
+             BernoulliVAE(30, latent_dim=4, hidden_dim=16, baseline="none"),
              BernoulliVAE(30, latent_dim=4, hidden_dim=16, baseline="constant"),
              BernoulliVAE(30, latent_dim=4, hidden_dim=16, baseline="neural", prior="learned"),
              BernoulliVAE(30, latent_dim=4, hidden_dim=16, enumerate=True)]
     for vae in pairs:
         check_model_guide(vae.model, vae.guide, x, elbo=vae.default_elbo)
-    assert [vae.default_elbo for vae in pairs[3:5]] == ["baseline"] * 2
+    assert [vae.default_elbo for vae in pairs[2:]] == ["trace", "baseline", "baseline", "enum"]
+    assert BernoulliVAE(30).default_elbo == "baseline"  # the shipped pair: score function, neural baseline
+    assert ConcreteVAE(30).default_elbo == "trace"  # relaxed latents: reparameterized
     assert type(get_elbo("baseline")).__name__ == "TraceBaseline_ELBO"
     check_model_guide(pairs[0].model, pairs[0].guide, x, elbo="iwae")  # relaxed: reparameterized
     check_model_guide(pairs[0].discrete_model, pairs[0].discrete_guide, x, elbo="trace")

@@ -227,7 +227,7 @@ def test_every_objective_name_is_exported_from_the_package():
         if name != "ELBO_NAMES":
             assert obj.__module__ == f"pyro_vae.objectives.{module}", name
     assert objectives.ELBO_NAMES == ("trace", "meanfield", "iwae", "enum", "stl", "iwae-stl", "dreg", "miwae",
-                                     "piwae", "ciwae", "vq", "baseline")
+                                     "piwae", "ciwae", "vq", "baseline", "wae")
     assert all(hasattr(objectives, name) for name in objectives.__all__)
 
 

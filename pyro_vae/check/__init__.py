@@ -20,6 +20,7 @@ module                 contents
 ``idioms``             Pyro idioms refused by name: autoguides, subsampled data plates, global
                        latents, point-mass (``Delta``) guide sites
 ``vectorization``      the pair run with two particles vectorized, as ``iwae`` and the estimators
+``named``              named per-datapoint arguments that model or guide does not take
 =====================  =================================================================
 """
 
@@ -82,7 +83,8 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
         ModelGuideError: naming the problem and the site: a Pyro autoguide (not amortized); a
             subsampled data plate (``subsample_size``/``subsample``: the trainer minibatches); a
             model or guide that fails to run on the batch; a global latent (a latent site outside
-            the data plate, a ``PyroSample`` weight); a point-mass (``Delta``) guide site; a
+            the data plate, a ``PyroSample`` weight); a point-mass (``Delta``) guide site (except
+            under ``"wae"``, whose pair must have one continuous, unscaled latent site); a
             distribution parameter outside its constraint; a missing data plate or one whose size
             differs from the batch; a latent site in one function but not the
             other; batch or event shapes that differ between model and guide; a guide draw
@@ -120,7 +122,7 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
     every_site = [("guide", n, s) for n, s in guide_sites.items()] + \
                  [("model", n, s) for n, s in {**latent, **observed}.items()]
     check_no_global_latents(guide_sites, latent, data_plate, batch)
-    check_no_point_mass(guide_sites, latent)
+    check_no_point_mass(guide_sites, latent, elbo, label)
     check_arguments(every_site)
     check_observed_site_exists(observed)
     check_data_plate(guide_sites, {**latent, **observed}, data_plate, batch)

@@ -23,10 +23,11 @@ import torch
 
 from ..pyro_internals import is_deterministic, site_is_subsample
 from .errors import ModelGuideError
+from .objective_rules import POINT_MASS_RULES
 from .rules import distribution_name
 
 __all__ = ["SiteRecorder", "check_no_global_latents", "check_no_point_mass", "check_not_autoguide",
-           "check_proposal_covers_prior", "missing_latent_refusal", "subsample_refusal"]
+           "check_proposal_covers_prior", "missing_latent_refusal", "point_mass_sites", "subsample_refusal"]
 
 
 def check_not_autoguide(guide, data_plate: str = "data") -> None:
@@ -128,18 +129,37 @@ def missing_latent_refusal(model_recorder: SiteRecorder, guide_names, data_plate
     return None
 
 
-def check_no_point_mass(guide_sites: dict, latent: dict) -> None:
+def check_no_point_mass(guide_sites: dict, latent: dict, elbo: str | None = None, label=None) -> None:
     """No latent guide site is a point mass (``Delta``, through Independent/Masked wrappers) unless
     the model's site is one too (a deterministic latent: the guide is then exact, and the weights
-    are ``p(x)`` itself)."""
+    are ``p(x)`` itself), or the objective's rule set ``elbo`` reads only the guide's draws
+    (:data:`~pyro_vae.check.objective_rules.POINT_MASS_RULES`: a WAE's deterministic encoder).
+    ``label`` names the objective in the message (``None``: the estimators)."""
+    if elbo in POINT_MASS_RULES:
+        return
     for name, site in guide_sites.items():
         prior = latent.get(name)  # a site the model lacks is named by check_same_latent_sites
         if distribution_name(site["fn"]) == "Delta" and prior is not None and distribution_name(prior["fn"]) != "Delta":
+            where = (f"elbo {label!r} would train on it" if label is not None else
+                     "importance sampling needs a proposal with a density")
             raise ModelGuideError(
                 f"guide site {name!r} is a point mass (Delta): log q(z | x) is 0 at its point, so the "
                 f"'bound' is log p(x, z*), a MAP objective, neither an ELBO nor (for the estimators) a "
                 f"log-likelihood; give the site a distribution with a density (e.g. Normal(loc, scale) with "
-                f"both from the encoder), or, for MAP, make z a network output instead of a latent")
+                f"both from the encoder), or, for MAP, make z a network output instead of a latent ({where}). "
+                f"A Wasserstein autoencoder's deterministic encoder trains with elbo=\"wae\" (WAELoss: "
+                f"reconstruction + MMD penalty) and has neither an ELBO (KL(q || p) is infinite) nor a "
+                f"log-likelihood estimate: report pyro_vae.objectives.wae.wae_metrics, or give it a "
+                f"stochastic encoder")
+
+
+def point_mass_sites(guide_sites: dict, latent: dict) -> list[str]:
+    """The guide sites that are point masses (``Delta``) where the model's site is a continuous
+    distribution: ``KL(q || p)`` is infinite there (a point has no density with respect to
+    Lebesgue measure), so the ELBO of such a guide is ``-inf``."""
+    return [name for name, site in guide_sites.items() if distribution_name(site["fn"]) == "Delta"
+            and name in latent and distribution_name(latent[name]["fn"]) != "Delta"
+            and not latent[name]["fn"].support.is_discrete]
 
 
 def check_proposal_covers_prior(guide_sites: dict, latent: dict) -> None:

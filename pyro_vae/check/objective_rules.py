@@ -1,7 +1,8 @@
 """What an objective needs of a pair beyond the contract: ``meanfield`` a dependency structure it can
 read, free bits an analytic KL per latent dimension that is a term of the ELBO, ``iwae``
 reparameterizable guide sites (checked with the site's other rules), ``enum`` enough
-``max_plate_nesting``; and, for an ELBO *object*, which of these rule sets it needs
+``max_plate_nesting``, ``wae`` one continuous, reparameterized, unscaled latent site (and it alone
+lets a point-mass guide site through: :data:`POINT_MASS_RULES`); and, for an ELBO *object*, which of these rule sets it needs
 (:func:`rules_of`).
 
 The decision per site is made by one function, :func:`pyro_vae.check.structure.pair_structure`,
@@ -24,7 +25,8 @@ from .errors import ModelGuideError
 from .rules import distribution_name
 from .structure import PairStructure, pair_structure
 
-__all__ = ["NAMED_RULES", "ObjectiveRules", "check_common_scale", "check_objective", "free_bits_refusal", "rules_of", "same_factor", "structure_of"]
+__all__ = ["NAMED_RULES", "POINT_MASS_RULES", "ObjectiveRules", "check_common_scale", "check_objective", "free_bits_refusal", "rules_of", "same_factor", "structure_of",
+           "wae_refusal"]
 
 
 class ObjectiveRules(NamedTuple):
@@ -45,6 +47,12 @@ NAMED_RULES = {"baseline": "trace", "stl": "iwae", "iwae-stl": "iwae", "dreg": "
 with baselines; the gradient estimators
 of :mod:`pyro_vae.objectives.gradients` need what ``iwae`` needs (reparameterized guide sites,
 per-datapoint weights at one common scale). Their classes say the same in ``checker_rules``."""
+
+POINT_MASS_RULES = ("wae",)
+"""The rule sets under which a guide site may be a point mass (``Delta``) where the model's site is
+not: the WAE's loss (:class:`~pyro_vae.objectives.wae.WAELoss`) reads the guide's draws only, never
+``log q``. Under every other rule set, and for the estimators (``elbo=None``), the checker refuses
+one (:func:`~pyro_vae.check.idioms.check_no_point_mass`)."""
 
 
 def rules_of(elbo, free_bits: float = 0.0) -> ObjectiveRules:
@@ -144,6 +152,8 @@ def check_objective(model, guide, x: torch.Tensor, args: tuple, kwargs: dict, pa
             f"the objective was built with max_plate_nesting={declared}, but the pair's plates use {nesting} "
             f"batch dims; enumerated values and particles would collide with a plate: pass "
             f"max_plate_nesting={nesting}")
+    if elbo == "wae" and wae_refusal(pairs) is not None:
+        raise ModelGuideError(wae_refusal(pairs))
     if elbo != "meanfield" and not free_bits:
         return
     structure = structure_of(model, guide, x, args, kwargs)
@@ -169,3 +179,28 @@ def _check_pyro_meanfield(name: str, g: dict, structure: PairStructure) -> None:
         raise ModelGuideError(structure.refusal(name, "Pyro's TraceMeanField_ELBO").replace(
             "Train with elbo=\"trace\" (no free bits)", "Use get_elbo(\"meanfield\") (pyro-vae's, which takes "
             "the sampled term there) or elbo=\"trace\""))
+
+
+def wae_refusal(pairs: list) -> str | None:
+    """Why the WAE's loss cannot train a pair whose guide's latent sites are ``pairs``, ``(name,
+    guide site, model site or None)``; ``None`` when it can: one latent site (the MMD matches one
+    aggregate posterior to one prior), continuous in the model (the kernel is on real vectors),
+    reparameterized in the guide (the penalty reaches the encoder through the draw), unscaled
+    (KL warm-up and beta weigh a KL term that the loss does not have)."""
+    if len(pairs) != 1:
+        return (f"the wae objective matches the aggregate posterior of one latent site to its prior, but the "
+                f"guide samples {len(pairs)} ({', '.join(repr(p[0]) for p in pairs) or 'none'}): write the "
+                f"latent as one site (concatenate), or train with an ELBO")
+    name, g, m = pairs[0]
+    if m is None:
+        return f"guide site {name!r} has no site of that name in the model, whose prior the wae objective samples"
+    if m["fn"].support.is_discrete or not g["fn"].has_rsample:
+        return (f"latent site {name!r} ({distribution_name(m['fn'])} prior, {distribution_name(g['fn'])} guide): "
+                f"the wae objective needs a continuous latent drawn by rsample() (a Delta at the encoder's "
+                f"output, or e.g. a Normal), so that the MMD penalty on the draws reaches the encoder")
+    for side, site in (("guide", g), ("model", m)):
+        if isinstance(site["scale"], torch.Tensor) or site["scale"] != 1.0:
+            return (f"the {side}'s latent site {name!r} is scaled (poutine.scale: beta, KL warm-up), but the wae "
+                    f"objective has no KL term for a scale to weigh and reads only the site's draws: remove the "
+                    f"scale (weigh the MMD penalty with WAELoss(lam=...))")
+    return None

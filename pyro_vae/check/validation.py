@@ -26,13 +26,14 @@ from pyro import poutine
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
+from ..importance import sample_sites
 from ..pyro_internals import MessageHook, elbo_traces, strip_trace_shapes
 from .errors import ModelGuideError
 from .idioms import SiteRecorder, missing_latent_refusal, subsample_refusal
 from .rules import distribution_name
 
 __all__ = ["BULK_DRAWS", "boundary_hint", "check_arguments", "check_draws_in_bulk", "check_under_pyro_validation",
-           "run_pair"]
+           "first_rows_sites", "run_pair"]
 
 BULK_DRAWS = 2 ** 15
 """Draws per latent site in :func:`check_draws_in_bulk` (fewer for wide sites): a failure rate of
@@ -78,6 +79,18 @@ def run_pair(model, guide, x: torch.Tensor, args: tuple, kwargs: dict, data_plat
         raise
     _refuse_idiom(guide_log, model_log, guide_trace, data_plate, None)
     return guide_trace, model_trace
+
+
+def first_rows_sites(model, guide, data: torch.Tensor, args: tuple, kwargs: dict, data_plate: str = "data",
+                     rows: int = 8) -> tuple[dict, dict]:
+    """``(guide sites, model latent sites)``, ``{name: site}``, of :func:`run_pair` on the first
+    ``rows`` datapoints of ``data`` (tensor arguments with one row per datapoint cut with it), as
+    the estimators read them before they start (the RNG state is left as it was)."""
+    n = data.shape[0]
+    cut = lambda v: v[:rows] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
+    guide_trace, model_trace = run_pair(model, guide, data[:rows], tuple(cut(a) for a in args),
+                                        {k: cut(v) for k, v in kwargs.items()}, data_plate)
+    return dict(sample_sites(guide_trace)), dict(sample_sites(model_trace, observed=False))
 
 
 def _refuse_idiom(guide_log, model_log, guide_trace, data_plate: str, error) -> None:

@@ -21,11 +21,12 @@ from ..models import build_model
 from ..models.external import build_from_factory, data_facts
 from ..objectives import SpectralRegularizedELBO, get_elbo
 from ..training import KLSchedule, RunFolder, train
+from ..training.phases import pair_phases
 from .args import add_elbo_arg, add_train_args, labels_by_name, load_data, model_config, resolve_device
 from .evaluate import estimate, save_estimate, test_labels
 
-__all__ = ["CLI_RESUME_FLAGS", "REMOVED_CLI_SETTINGS", "add_parser", "build_pair", "pair_objective", "run",
-           "train_from_args"]
+__all__ = ["CLI_RESUME_FLAGS", "REMOVED_CLI_SETTINGS", "add_parser", "build_pair", "pair_objective", "pair_phases",
+           "run", "train_from_args"]
 
 CLI_RESUME_FLAGS = ("epochs", "device", "data_dir", "download", "no_progress", "compile", "step")
 """Flags that may go with ``train --resume``; every other setting comes from the run's config.json."""
@@ -90,13 +91,14 @@ def train_from_args(args, dataset, device, elbo: str, out):
         inner = get_elbo(objective, args.num_particles, free_bits, data_plate="data") if isinstance(objective, str) \
             else objective
         objective, free_bits = SpectralRegularizedELBO(inner, module, args.spectral_regularization), 0.0
+    objective, free_bits, phases = pair_phases(vae, objective, args.num_particles, free_bits)
     result = train(
         vae.model, vae.guide, dataset, elbo=objective, num_particles=args.num_particles, labels=vae.needs_labels,
         schedule=KLSchedule(warmup_steps=args.kl_warmup, free_bits=free_bits),
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
         out=folder, config=run_config, progress=not args.no_progress, module=getattr(vae, "module", None),
         nonfinite_backoff=getattr(args, "nonfinite_backoff", None), compile=args.compile,
-        step=getattr(args, "step", "auto"),
+        step=getattr(args, "step", "auto"), phases=phases,
     )
     return vae, result
 

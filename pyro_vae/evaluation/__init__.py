@@ -29,12 +29,22 @@ Modules: :mod:`~pyro_vae.evaluation.estimator` (:func:`estimate_log_likelihood`,
 fingerprint), :mod:`~pyro_vae.evaluation.files` (standard-JSON result files),
 :mod:`~pyro_vae.evaluation.khat` (how k-hat values read), :mod:`~pyro_vae.evaluation.rng` (seeds
 that leave the caller's RNGs alone), :mod:`~pyro_vae.evaluation.minibatches` (minibatches, their
-seeds and processes; particle chunks).
+seeds and processes; particle chunks), :mod:`~pyro_vae.evaluation.frechet` (sample quality: a
+Fréchet distance in a small self-trained classifier's feature space, not the Inception FID).
 """
 
 from .comparison import PairedComparison, data_fingerprint
 from .estimator import DEFAULT_BOUND_KS, estimate_log_likelihood, estimated_quantity, evaluate_elbo
+from .frechet import (
+    FeatureNet,
+    feature_moments,
+    frechet_distance,
+    frechet_distance_from_moments,
+    sample_frechet_distance,
+    train_feature_classifier,
+)
 from .result import LogLikelihoodResult
 
-__all__ = ["DEFAULT_BOUND_KS", "LogLikelihoodResult", "PairedComparison", "data_fingerprint",
-           "estimate_log_likelihood", "estimated_quantity", "evaluate_elbo"]
+__all__ = ["DEFAULT_BOUND_KS", "FeatureNet", "LogLikelihoodResult", "PairedComparison", "data_fingerprint",
+           "estimate_log_likelihood", "estimated_quantity", "evaluate_elbo", "feature_moments", "frechet_distance",
+           "frechet_distance_from_moments", "sample_frechet_distance", "train_feature_classifier"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +16,8 @@ from pyro.distributions import Unit
 from tqdm.auto import tqdm
 
 from ..check import check_model_guide
-from ..check.idioms import check_proposal_covers_prior
-from ..check.validation import run_pair
+from ..check.idioms import check_proposal_covers_prior, point_mass_sites
+from ..check.validation import first_rows_sites
 from ..diagnostics import StreamingLogWeights, psis_tail_length
 from ..importance import guess_max_plate_nesting, log_importance_weights, sample_sites
 from .comparison import data_fingerprint
@@ -173,22 +175,12 @@ def _estimate(model, guide, data, num_samples: int, batch_size: int, args: tuple
     with forked_rng(data.device) if options.seed is not None else contextlib.nullcontext():
         check_model_guide(model, guide, data, *args, data_plate=options.data_plate, **kwargs)
         if options.enumerate == "sum":  # log p(x) by importance sampling (not evaluate_elbo's ELBO)
-            _check_proposal(model, guide, data, args, kwargs, options.data_plate)
+            check_proposal_covers_prior(*first_rows_sites(model, guide, data, args, kwargs, options.data_plate))
         nesting = _max_plate_nesting(model, guide, data, batch_size, args, kwargs)
         sampler = _Sampler(model, guide, num_samples, group_sizes, tail_size, options.chunk_size, nesting,
                            options.data_plate, options.diagnostics, options.enumerate)
         results, bounds = plan.gather(*sampler.run(data, args, kwargs, plan, options.progress))
     return _result(results, bounds, num_samples, options.diagnostics, time.perf_counter() - start)
-
-
-def _check_proposal(model, guide, data: torch.Tensor, args: tuple, kwargs: dict, data_plate: str) -> None:
-    """Refuse a guide that cannot be an importance-sampling proposal for the model
-    (:func:`~pyro_vae.check.idioms.check_proposal_covers_prior`), from one run on the first rows
-    (as the checker's; the RNG state is left as it was)."""
-    rows = min(8, data.shape[0])
-    cut_args, cut_kwargs = slice_args(args, kwargs, data.shape[0], slice(0, rows))
-    guide_trace, model_trace = run_pair(model, guide, data[:rows], cut_args, cut_kwargs, data_plate)
-    check_proposal_covers_prior(dict(sample_sites(guide_trace)), dict(sample_sites(model_trace, observed=False)))
 
 
 def _check_sizes(num_samples: int, batch_size: int, data: torch.Tensor) -> None:
@@ -294,7 +286,15 @@ def evaluate_elbo(model, guide, data: torch.Tensor, batch_size: int = 1000, *arg
     objective a pair was trained with, this measures the same bound, so runs are comparable.
     Discrete guide sites marked for parallel enumeration enter with their exact expectation under
     ``q(y | x)``, as in ``TraceEnum_ELBO`` (the same bound, without the noise of sampling ``y``).
+    A guide with a point mass (``Delta``) over a continuous latent (a WAE's deterministic encoder)
+    has ``KL(q || p) = inf``: the ELBO is ``-inf``, returned (standard error 0) with a warning.
     """
+    _check_sizes(1, batch_size, data)
+    point_masses = point_mass_sites(*first_rows_sites(model, guide, data, args, kwargs, data_plate))
+    if point_masses:
+        warnings.warn(f"guide site {point_masses[0]!r} is a point mass (Delta) over a continuous latent: KL(q || p) "
+                      f"is infinite and the ELBO is -inf (for a WAE: pyro_vae.objectives.wae.wae_metrics)", stacklevel=2)
+        return -math.inf, 0.0
     options = _Options((), None, False, None, data_plate, False, distributed, enumerate="elbo")
     result = _estimate(model, guide, data, 1, batch_size, args, kwargs, options)
     return result.mean, result.stderr

@@ -16,13 +16,23 @@ conditional   :class:`ConditionalVAE`, labels as an extra argument
 iaf           :class:`FlowVAE`, inverse autoregressive flow guide
 m2            :class:`SemiSupervisedVAE`, Kingma et al. (2014), class summed out
 vq            :class:`VQVAE`, van den Oord et al. (2017), nearest-code posterior, uniform prior
+concrete      :class:`ConcreteVAE`, Jang et al. (2017), Gumbel-softmax relaxed categoricals
+bernoulli     :class:`BernoulliVAE`, binary latents, score function with NVIL's baseline
+wae           :class:`WAE`, Tolstikhin et al. (2018), deterministic encoder, MMD penalty (WAE-MMD)
+wae-gan       :class:`WAEGAN`, the WAE with an adversary on ``z`` trained as its own phase
+vaegan        :class:`VAEGAN`, Larsen et al. (2016), the MLP VAE plus a discriminator phase
 ============  ===================================================================
 
 A pair of your own can be built by a factory (``pyro-vae train --pair package.module:make_pair``),
 recorded in the run folder: see :mod:`pyro_vae.models.external`.
 
-Every pair takes ``beta`` (beta-VAE: the latent sites scaled in model and guide). The pairs with
-one latent site ``z`` (all but ``hierarchical``, ``ladder`` and ``nvae``) share their model and guide through
+Every pair but ``vq``, ``wae`` and ``wae-gan`` (whose objectives have no KL term) takes ``beta``
+(beta-VAE: the latent sites scaled in model and guide). Each trains with its ``default_elbo``
+unless told otherwise (``m2``: ``"enum"``, ``vq``: ``"vq"``, ``bernoulli``: ``"baseline"``,
+``wae``: ``"wae"``, the others ``"trace"``). ``vaegan`` and ``wae-gan`` also train a
+discriminator with its own optimizer, as a :class:`~pyro_vae.training.TrainingPhase`
+(``pyro-vae train`` adds it: :func:`pyro_vae.cli.train.pair_phases`). The pairs with one diagonal-Normal latent site ``z``
+(``mlp``, ``conv``, ``conditional``, ``iaf``) share their model and guide through
 :class:`SingleLatentVAE`; each builds its own nets.
 """
 
@@ -31,6 +41,8 @@ from __future__ import annotations
 import inspect
 
 from .base import PairModule
+from .bernoulli import BernoulliVAE
+from .concrete import ConcreteVAE
 from .conditional import ConditionalVAE
 from .conv import ConvVAE
 from .flow import FlowVAE
@@ -40,12 +52,16 @@ from .nvae import NVAE
 from .m2 import SemiSupervisedVAE
 from .mlp import VAE
 from .single import SingleLatentVAE
+from .vaegan import VAEGAN
+from .wae import WAE, WAEGAN
 from .vq import VQVAE
 from ..names import unknown_name
 
 __all__ = [
-    "MODELS", "NVAE", "VAE", "VQVAE", "ConditionalVAE", "ConvVAE", "FlowVAE", "HierarchicalVAE", "LadderVAE",
-    "PairModule", "SemiSupervisedVAE", "SingleLatentVAE", "build_model", "model_options",
+    "MODELS", "NVAE", "VAE", "VQVAE", "BernoulliVAE", "ConcreteVAE", "ConditionalVAE", "ConvVAE", "FlowVAE",
+    "HierarchicalVAE", "LadderVAE", "PairModule", "SemiSupervisedVAE", "SingleLatentVAE", "VAEGAN", "WAE", "WAEGAN",
+    "build_model",
+    "model_options",
 ]
 
 MODELS: dict[str, type[PairModule]] = {
@@ -58,6 +74,11 @@ MODELS: dict[str, type[PairModule]] = {
     "iaf": FlowVAE,
     "m2": SemiSupervisedVAE,
     "vq": VQVAE,
+    "concrete": ConcreteVAE,
+    "bernoulli": BernoulliVAE,
+    "wae": WAE,
+    "wae-gan": WAEGAN,
+    "vaegan": VAEGAN,
 }
 """Shipped model families by name."""
 

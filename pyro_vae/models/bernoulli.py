@@ -52,7 +52,9 @@ class BernoulliVAE(PairModule):
         hidden_dim: widths of the tanh hidden layers of encoder (decoder in reverse, baseline net
             the first one).
         prior: ``"uniform"`` (``Bernoulli(1/2)`` bits) or ``"learned"`` (a logit per bit).
-        baseline: ``"none"``, ``"constant"`` or ``"neural"``.
+        baseline: ``"none"``, ``"constant"`` or ``"neural"``; ``"auto"`` (the default) is ``"neural"``
+            for sampled bits (NVIL's: the shipped ``bernoulli`` pair trains with ``elbo="baseline"``)
+            and ``"none"`` with ``enumerate=True``.
         enumerate: mark the guide's sites for parallel enumeration (no baseline then).
         likelihood, beta: as for :class:`~pyro_vae.models.PairModule`.
 
@@ -71,11 +73,13 @@ class BernoulliVAE(PairModule):
     BASELINES = ("none", "constant", "neural")
 
     def __init__(self, data_dim: int, latent_dim: int = 8, hidden_dim: int | Sequence[int] = 200,
-                 prior: str = "uniform", baseline: str = "none", enumerate: bool = False,
+                 prior: str = "uniform", baseline: str = "auto", enumerate: bool = False,
                  likelihood: str = "bernoulli", beta: float = 1.0):
         super().__init__(data_dim, latent_dim, likelihood, beta)
+        if baseline == "auto":
+            baseline = "none" if enumerate else "neural"
         if prior not in self.PRIORS or baseline not in self.BASELINES:
-            raise ValueError(f"prior must be one of {self.PRIORS} and baseline one of {self.BASELINES}, "
+            raise ValueError(f"prior must be one of {self.PRIORS} and baseline 'auto' or one of {self.BASELINES}, "
                              f"got {prior!r} and {baseline!r}")
         if enumerate and baseline != "none":
             raise ValueError("an enumerated pair has no score-function term for a baseline to act on: "

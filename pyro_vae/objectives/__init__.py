@@ -58,7 +58,8 @@ One module per concept:
 ===================  =============================================================================
 module               contents
 ===================  =============================================================================
-``base``             :class:`ValueFromDifferentiableLoss`, :class:`LossFromDifferentiableLoss`
+``base``             :class:`ValueFromDifferentiableLoss`, :class:`LossFromDifferentiableLoss`,
+                     :class:`WrappedELBO`
 ``trace``            :class:`Trace_ELBO`
 ``baselines``        :class:`TraceBaseline_ELBO` (Pyro's baselines on the score-function terms)
 ``meanfield``        :class:`TraceMeanField_ELBO`
@@ -70,6 +71,9 @@ module               contents
 ``semi_supervised``  :class:`SemiSupervisedELBO`
 ``spectral``         :class:`SpectralRegularizedELBO` (NVAE's spectral regularization)
 ``vq``               :class:`VQVAELoss` (the VQ-VAE's loss; its value the uniform-prior ELBO)
+``wae``              :class:`WAELoss` (WAE-MMD: reconstruction + MMD penalty; not a bound), :func:`wae_metrics`
+``vaegan``           :class:`VAEGANLoss`, :class:`DiscriminatorLoss` (the VAE-GAN's two players)
+``wae_gan``          :class:`~pyro_vae.objectives.wae_gan.WAEGANLoss`, its latent discriminator's loss (WAE-GAN)
 ``scaling``          :func:`scale_latents`
 ``registry``         :data:`ELBO_NAMES`, :func:`get_elbo` (names or ELBO objects), :func:`elbo_label`
 ===================  =============================================================================
@@ -88,11 +92,14 @@ from .registry import ELBO_NAMES, GRADIENT_ESTIMATORS, elbo_label, get_elbo
 from .scaling import scale_latents
 from .semi_supervised import SemiSupervisedELBO
 from .spectral import SpectralRegularizedELBO
+from .vaegan import DiscriminatorLoss, VAEGANLoss, vaegan_objectives
 from .vq import VQVAELoss
+from .wae import WAELoss, wae_metrics
 from .trace import Trace_ELBO
 
 __all__ = [
     "CIWAE_ELBO",
+    "DiscriminatorLoss",
     "ELBO_NAMES",
     "GRADIENT_ESTIMATORS",
     "IWAE_DReG",
@@ -110,9 +117,12 @@ __all__ = [
     "TraceEnum_ELBO",
     "TraceMeanField_ELBO",
     "Trace_ELBO",
+    "VAEGANLoss",
     "VQVAELoss",
+    "WAELoss",
     "ValueFromDifferentiableLoss",
     "elbo_label",
     "get_elbo",
     "scale_latents",
+    "vaegan_objectives",
 ]

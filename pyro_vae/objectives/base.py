@@ -10,13 +10,15 @@ are scaled.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
+from pyro.infer import ELBO
 
 from ..pyro_internals import TracelessELBO, torch_item
 
-__all__ = ["LossFromDifferentiableLoss", "OwnPlateDepth", "ValueFromDifferentiableLoss"]
+__all__ = ["LossFromDifferentiableLoss", "OwnPlateDepth", "ValueFromDifferentiableLoss", "WrappedELBO"]
 
 
 class ValueFromDifferentiableLoss:
@@ -59,3 +61,37 @@ class OwnPlateDepth:
     @max_plate_nesting.setter
     def max_plate_nesting(self, value: float) -> None:
         self._nesting = None if value == math.inf else int(value) - self._particle_dims()
+
+
+class WrappedELBO(LossFromDifferentiableLoss):
+    """An objective around another ELBO (``self.elbo``) whose settings it takes as its own:
+    ``num_particles``, ``vectorize_particles``, ``data_plate``, ``max_plate_nesting`` (setting it, as
+    :func:`~pyro_vae.objectives.get_elbo` does, sets the inner one's, on a copy). The checker applies
+    the inner objective's rules (:func:`~pyro_vae.check.objective_rules.rules_of`).
+
+    Raises:
+        TypeError: ``elbo`` is not an ``ELBO`` object with a ``differentiable_loss``.
+    """
+
+    def __init__(self, elbo: ELBO):
+        if not isinstance(elbo, ELBO) or not callable(getattr(elbo, "differentiable_loss", None)):
+            raise TypeError(f"{type(self).__name__} wraps an ELBO object with a differentiable_loss, not "
+                            f"{type(elbo).__name__}")
+        self.elbo = elbo
+
+    num_particles = property(lambda self: self.elbo.num_particles)
+    vectorize_particles = property(lambda self: getattr(self.elbo, "vectorize_particles", False))
+
+    @property
+    def data_plate(self) -> str:
+        """The wrapped objective's (an ``AttributeError`` where it names none)."""
+        return self.elbo.data_plate
+
+    @property
+    def max_plate_nesting(self):
+        return self.elbo.max_plate_nesting
+
+    @max_plate_nesting.setter
+    def max_plate_nesting(self, value):  # get_elbo fills an unset one, on a copy: the inner one too
+        self.elbo = copy.copy(self.elbo)
+        self.elbo.max_plate_nesting = value

@@ -19,6 +19,7 @@ from .iwae import IWAE_ELBO
 from .meanfield import TraceMeanField_ELBO
 from .trace import Trace_ELBO
 from .vq import VQVAELoss
+from .wae import WAELoss
 
 __all__ = ["ELBO_NAMES", "GRADIENT_ESTIMATORS", "elbo_label", "from_object", "get_elbo"]
 
@@ -28,7 +29,7 @@ GRADIENT_ESTIMATORS = {"stl": STL_ELBO, "iwae-stl": IWAE_STL, "dreg": IWAE_DReG,
 as ``K`` and their other settings at the defaults (MIWAE and PIWAE: ``groups=2``, so ``2 K`` draws
 per datapoint; CIWAE: ``beta=0.5``); other settings: pass an object, e.g.
 ``MIWAE_ELBO(groups=8, num_particles=8)``."""
-ELBO_NAMES = ("trace", "meanfield", "iwae", "enum", *GRADIENT_ESTIMATORS, "vq", "baseline")
+ELBO_NAMES = ("trace", "meanfield", "iwae", "enum", *GRADIENT_ESTIMATORS, "vq", "baseline", "wae")
 
 
 def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
@@ -49,7 +50,8 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
     out exactly (:class:`TraceEnum_ELBO`). ``stl``, ``iwae-stl``, ``dreg``, ``miwae``, ``piwae``
     and ``ciwae``: the bounds and gradient estimators of :mod:`~pyro_vae.objectives.gradients`
     (:data:`GRADIENT_ESTIMATORS`), with ``num_particles`` draws per datapoint (per group). ``vq``:
-    the VQ-VAE's loss (:class:`~pyro_vae.objectives.vq.VQVAELoss`, commitment 0.25). ``baseline``:
+    the VQ-VAE's loss (:class:`~pyro_vae.objectives.vq.VQVAELoss`, commitment 0.25). ``wae``: the
+    WAE-MMD loss (:class:`~pyro_vae.objectives.wae.WAELoss`, ``lambda = 10``; not a bound). ``baseline``:
     ``trace`` with Pyro's baselines on its score-function terms
     (:class:`~pyro_vae.objectives.baselines.TraceBaseline_ELBO`).
     ``free_bits > 0`` (nats per latent dimension) gives :class:`FreeBitsELBO`, for ``meanfield``
@@ -83,6 +85,8 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
         return TraceBaseline_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "vq":
         return VQVAELoss()  # the VQ-VAE's own loss; num_particles is 1 (its posterior is a point mass)
+    if name == "wae":
+        return WAELoss(data_plate=data_plate)  # as vq: num_particles is 1 (one code per datapoint in the MMD)
     if name in GRADIENT_ESTIMATORS:
         return GRADIENT_ESTIMATORS[name](num_particles=num_particles, data_plate=data_plate,
                                          max_plate_nesting=max_plate_nesting)
@@ -141,7 +145,7 @@ def elbo_label(elbo: str | ELBO) -> str:
     if isinstance(elbo, str):
         return elbo
     settings = {"num_particles": elbo.num_particles, "vectorize_particles": elbo.vectorize_particles}
-    for name in ("alpha", "free_bits", "groups", "beta", "coefficient"):
+    for name in ("alpha", "free_bits", "groups", "beta", "coefficient", "lam"):
         if hasattr(elbo, name):
             settings[name] = getattr(elbo, name)
     if isinstance(getattr(elbo, "elbo", None), ELBO):  # a wrapped objective (SpectralRegularizedELBO)

@@ -5,13 +5,11 @@ networks and keeps a deep hierarchy's KL terms from exploding early in training.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from pyro.infer import ELBO
 from torch import nn
 
-from .base import LossFromDifferentiableLoss
+from .base import WrappedELBO
 
 __all__ = ["SpectralRegularizedELBO", "largest_singular_values"]
 
@@ -31,7 +29,7 @@ def largest_singular_values(module: nn.Module) -> list[torch.Tensor]:
     return values
 
 
-class SpectralRegularizedELBO(LossFromDifferentiableLoss):
+class SpectralRegularizedELBO(WrappedELBO):
     r"""Another objective's ELBO, trained with NVAE's spectral regularization added.
 
     .. math::
@@ -66,32 +64,12 @@ class SpectralRegularizedELBO(LossFromDifferentiableLoss):
     """
 
     def __init__(self, elbo: ELBO, module: nn.Module, coefficient: float):
-        if not isinstance(elbo, ELBO) or not callable(getattr(elbo, "differentiable_loss", None)):
-            raise TypeError(f"SpectralRegularizedELBO wraps an ELBO object with a differentiable_loss, not "
-                            f"{type(elbo).__name__}")
+        super().__init__(elbo)
         if not coefficient > 0:
             raise ValueError(f"the spectral regularization coefficient must be > 0, got {coefficient}")
         if not largest_singular_values(module):
             raise ValueError(f"{type(module).__name__} has no Linear or convolution layer to regularize")
-        self.elbo, self.module, self.coefficient = elbo, module, float(coefficient)
-
-    # the wrapped objective's settings, which the trainer and get_elbo read
-    num_particles = property(lambda self: self.elbo.num_particles)
-    vectorize_particles = property(lambda self: getattr(self.elbo, "vectorize_particles", False))
-
-    @property
-    def data_plate(self) -> str:
-        """The wrapped objective's (an ``AttributeError`` where it names none)."""
-        return self.elbo.data_plate
-
-    @property
-    def max_plate_nesting(self):
-        return self.elbo.max_plate_nesting
-
-    @max_plate_nesting.setter
-    def max_plate_nesting(self, value):  # get_elbo fills an unset one, on a copy: the inner one too
-        self.elbo = copy.copy(self.elbo)
-        self.elbo.max_plate_nesting = value
+        self.module, self.coefficient = module, float(coefficient)
 
     def penalty(self) -> torch.Tensor:
         """``lambda sum_l sigma_max(W_l)``, per datapoint (a scalar tensor)."""

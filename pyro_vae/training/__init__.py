@@ -15,6 +15,7 @@ module             what it holds
 ``logger``         progress bars, epoch lines, TensorBoard
 ``schedule``       KL warm-up and free bits (:class:`KLSchedule`)
 ``speed``          the compiled step's recording minibatches; compiled networks (``compile``)
+``phases``         more objectives with their own optimizers in the same run (:class:`TrainingPhase`)
 ``trainer``        :class:`Trainer`: epochs of steps, then evaluation, logging, checkpoint
 ``api``            :func:`train`, the one-call entry point
 =================  ===========================================================================
@@ -42,6 +43,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_
 from .run_folder import RUN_FILES, RunFolder, load_run
 from .schedule import KLSchedule
 from .signals import TrainingInterrupted
+from .phases import TrainingPhase
 from .state import TrainResult
 from .step import ELBOLoss, NonFiniteLossError, svi_step
 from .trainer import MAX_BACKOFFS, Trainer, TrainerOptions
@@ -59,6 +61,7 @@ __all__ = [
     "Trainer",
     "TrainerOptions",
     "TrainingInterrupted",
+    "TrainingPhase",
     "load_checkpoint",
     "load_run",
     "make_optimizer",

@@ -12,8 +12,8 @@ Reported numbers are per datapoint, in nats, as ELBOs (higher is better):
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyro
@@ -22,6 +22,7 @@ import torch
 
 from .. import distributed
 from ..check import check_model_guide
+from ..check.named import check_named_arguments
 from ..check.objective_rules import rules_of
 from ..data import Dataset
 from ..importance import guess_max_plate_nesting
@@ -35,6 +36,7 @@ from .speed import compile_targets
 from .state import TrainResult
 from . import step_mode
 from .step_mode import STEP_MODES, choose_step, remaining_steps
+from .phases import TrainingPhase, check_phases
 from .step import owner_module
 from .trainer import Trainer, TrainerOptions
 
@@ -66,6 +68,7 @@ def train(
     compile: bool | str = False,
     data_plate: str = "data",
     step: str = "auto",
+    phases: Sequence[TrainingPhase] = (),
 ) -> TrainResult:
     """Train a model/guide pair with SVI.
 
@@ -143,6 +146,11 @@ def train(
             ``optimizer="adam"`` or ``"adagrad"``, no ``compile`` (else ``ValueError``); under
             ``torchrun`` too. ``"compiled:replay"`` replays the recorded graph without a compiler
             (bitwise equal to eager, not faster; for tests).
+        phases: more objectives trained in the same run, each with its own optimizer, on the
+            parameters it owns (:class:`~pyro_vae.training.TrainingPhase`, e.g. a VAE-GAN's
+            discriminator: :func:`~pyro_vae.objectives.vaegan_objectives`); the pair's objective
+            updates the rest. Checked on a small batch first (:func:`~pyro_vae.training.phases.check_phases`);
+            eager steps, one process.
 
     Returns:
         :class:`~pyro_vae.training.TrainResult` with the per-epoch history (earlier epochs
@@ -175,22 +183,32 @@ def train(
         pyro.clear_param_store()
     max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels, schedule.free_bits, data_plate)
     objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, data_plate=data_plate)
+    check_phases(phases, model, guide, objective, example, data.named("train", slice(2)), distributed.world_size())
     module = owner_module(model, guide, module)
     networks = compile_targets(module, model, guide, *example) if compile else []
     num_particles = num_particles if isinstance(elbo, str) else elbo.num_particles
     settings = _settings(data, options, label, num_particles, schedule, rules_of(elbo, schedule.free_bits).free_bits,
                          optimizer, lr, folder)
-    saved = None
-    if folder is not None and folder.resume:
-        saved = folder.load_for_resume(model, guide, data, labels, settings)
-        if saved["position"]["epoch"] >= epochs:
-            raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
-                             "more (epochs=N, --epochs N) to continue it")
-    options = _resolve_step(options, settings, saved, data.train.shape[0], optim, compile)
+    if phases:
+        settings["phases"] = [phase.record() for phase in phases]
+    saved = _saved_run(folder, model, guide, data, labels, settings, epochs)
+    options = _resolve_step(options, settings, saved, data.train.shape[0], optim, compile, len(phases))
     trainer = Trainer(model, guide, data, objective, optim, options, folder=folder,
                       config={**pair_record(module, data, config), **(config or {}), **settings}, module=module,
-                      networks=networks, checkpoint=saved, schedule=schedule)
+                      networks=networks, checkpoint=saved, schedule=schedule, phases=phases)
     return trainer.fit()
+
+
+def _saved_run(folder: RunFolder | None, model, guide, data: Dataset, labels: bool, settings: dict,
+               epochs: int) -> dict | None:
+    """The checkpoint entries a resumed run continues from (``None`` for a fresh run)."""
+    if folder is None or not folder.resume:
+        return None
+    saved = folder.load_for_resume(model, guide, data, labels, settings)
+    if saved["position"]["epoch"] >= epochs:
+        raise ValueError(f"the run in {folder.path} already has {saved['position']['epoch']} epochs; ask for "
+                         "more (epochs=N, --epochs N) to continue it")
+    return saved
 
 
 def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSchedule,
@@ -219,7 +237,7 @@ def _check_settings(data: Dataset, options: TrainerOptions, elbo, schedule: KLSc
 
 
 def _resolve_step(options: TrainerOptions, settings: dict, saved: dict | None, num_train: int,
-                  optimizer: pyro.optim.PyroOptim, compile) -> TrainerOptions:
+                  optimizer: pyro.optim.PyroOptim, compile, phases: int = 0) -> TrainerOptions:
     """The options with ``step`` resolved to the mode the run takes (``settings`` gets ``step_used``
     and ``step_reason``), and a ``step_note`` for the one line the run prints: a long ``auto`` run
     that stays eager, or a resume that changes the step mode (equal up to float rounding, not bitwise)."""
@@ -227,7 +245,7 @@ def _resolve_step(options: TrainerOptions, settings: dict, saved: dict | None, n
     left = remaining_steps(num_train, options.batch_size, options.epochs, position["epoch"],
                            distributed.world_size()) - position.get("batch", 0)
     before = None if saved is None else saved["config"].get("step_used", saved["config"].get("step", "eager"))
-    mode, reason = choose_step(options.step, remaining_steps=left, optimizer=optimizer, compile=compile,
+    mode, reason = choose_step(options.step, remaining_steps=left, optimizer=optimizer, compile=compile, phases=phases,
                                device_type=settings["device"].split(":")[0], resumed_from=before)
     settings.update(step_used=mode, step_reason=reason)
     note = reason if options.step == "auto" and mode == "eager" and left >= step_mode.AUTO_MIN_STEPS else ""
@@ -245,31 +263,13 @@ def _check_pair(model, guide, data: Dataset, elbo: str, labels: bool, free_bits:
     and a two-point example input ``(x, *args)``."""
     if labels and data.train_labels is None:
         raise ValueError(f"labels=True but the data set {data.name!r} has no labels")
-    _check_named(model, guide, data)
+    check_named_arguments(model, guide, data.train_named)
     with torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else []):
         x = torch.bernoulli(data.train[:8]) if data.binarize else data.train
         args, named = (data.train_labels[: len(x)],) if labels else (), data.named("train", slice(len(x)))
         check_model_guide(model, guide, x, *args, elbo=elbo, free_bits=free_bits, data_plate=data_plate, **named)
         example = (x[:2], *(a[:2] for a in args))
         return guess_max_plate_nesting(model, guide, *example, **data.named("train", slice(2))), example
-
-
-RESERVED_NAMES = ("elbo", "free_bits", "batch_size", "data_plate", "bound_ks", "particle_chunk_size", "diagnostics",
-                  "seed", "progress", "distributed")
-"""Keywords of the checker and the estimators: not names for per-datapoint arguments."""
-
-
-def _check_named(model, guide, data: Dataset) -> None:
-    """Refuse, before any step, a named per-datapoint argument that model or guide does not take."""
-    for name in data.train_named:
-        if name in RESERVED_NAMES:
-            raise ValueError(f"the named argument {name!r} clashes with a keyword of the checker or the estimators "
-                             f"({', '.join(RESERVED_NAMES)}): rename it")
-        for role, fn in (("model", model), ("guide", guide)):
-            params = inspect.signature(fn).parameters
-            if name not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                raise ValueError(f"the data set carries the named argument {name!r} but the {role} does not take "
-                                 f"it: declare it, e.g. def {role}(x, {name}=None), or drop it from the data set")
 
 
 def _settings(data: Dataset, options: TrainerOptions, elbo: str, num_particles: int, schedule: KLSchedule,

@@ -79,6 +79,8 @@ class CompiledStepWarning(RuntimeWarning):
 
 _aten = torch.ops.aten
 _FILLS = {_aten.normal_.default: (0.0, 1.0), _aten.uniform_.default: (0.0, 1.0)}
+_FRESH = {_aten.rand.default: _aten.uniform_.default, _aten.randn.default: _aten.normal_.default}
+"""``torch.rand``/``randn`` (a relaxed categorical's Gumbel noise): drawn as ``empty().uniform_()``/``normal_()``."""
 _EMPTY = {_aten.empty.memory_format, _aten.empty_strided.default}
 
 
@@ -227,25 +229,35 @@ class CompiledSVIStep:
         self.key = _key(batch)
 
     def _cut_out_noise(self, gm) -> None:
-        """Replace each ``normal_``/``uniform_`` fill of a fresh ``empty`` buffer by a graph input."""
+        """Replace each ``normal_``/``uniform_`` fill of a fresh ``empty`` buffer, and each ``rand``/``randn``,
+        by a graph input."""
         graph = gm.graph
         last = [n for n in graph.nodes if n.op == "placeholder"][-1]
         for node in list(graph.nodes):
+            if node.target in _FRESH and not node.kwargs.get("generator"):
+                last = self._noise_input(graph, node, last, tuple(node.args[0]), _FRESH[node.target], (0.0, 1.0),
+                                         node.kwargs)
+                continue
             buf = node.args[0] if node.target in _FILLS else None
             if buf is None or buf.target not in _EMPTY or len(buf.users) != 1 or node.kwargs.get("generator"):
                 continue  # not a fill, or a fill of a live tensor: stays (and is refused as random)
             a, b = (list(node.args[1:]) + list(_FILLS[node.target]))[:2]
             a = node.kwargs.get("mean", node.kwargs.get("from", a))
             b = node.kwargs.get("std", node.kwargs.get("to", b))
-            with graph.inserting_after(last):
-                last = graph.placeholder(f"noise_{len(self.noise)}")
-            node.replace_all_uses_with(last)
-            graph.erase_node(node)
+            last = self._noise_input(graph, node, last, tuple(buf.args[0]), node.target, (a, b), buf.kwargs)
             graph.erase_node(buf)
-            self.noise.append((tuple(buf.args[0]), buf.kwargs.get("dtype") or torch.get_default_dtype(),
-                               buf.kwargs.get("device") or torch.device("cpu"), node.target, (a, b)))
         graph.lint()
         gm.recompile()
+
+    def _noise_input(self, graph, node, last, shape: tuple, fill, bounds: tuple, kwargs: dict):
+        """Replace the draw ``node`` by a new graph input after ``last`` (returned), recorded in ``self.noise``."""
+        with graph.inserting_after(last):
+            last = graph.placeholder(f"noise_{len(self.noise)}")
+        node.replace_all_uses_with(last)
+        graph.erase_node(node)
+        self.noise.append((shape, kwargs.get("dtype") or torch.get_default_dtype(),
+                           kwargs.get("device") or torch.device("cpu"), fill, bounds))
+        return last
 
     def _check(self, batch: tuple, check: tuple) -> None:
         """The pair's sites on two minibatches, then the recorded graph against the eager loss and

@@ -44,6 +44,9 @@ class KLSchedule:
         if self.warmup_steps and elbo == "iwae":
             raise ValueError("KL warm-up scales the latent sites only, which has no importance-weighted "
                              "analogue: use elbo 'trace' or 'meanfield' with KL warm-up")
+        if self.warmup_steps and elbo == "wae":
+            raise ValueError("KL warm-up scales the latent sites' log-densities, and the WAE's objective has no KL "
+                             "term to warm up (its penalty is lam * MMD): drop the KL warm-up")
 
     def wrap(self, model, guide, steps_taken, weight_input=None):
         """``(model, guide)`` with the warm-up factor applied to their latent sites, read from

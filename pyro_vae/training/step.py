@@ -45,7 +45,8 @@ class ELBOLoss(torch.nn.Module):
         return self.objective.differentiable_loss(self.model, self.guide, x, *args, **kwargs)
 
 
-def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, **kwargs) -> tuple[torch.Tensor, bool]:
+def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, updates=None,
+             **kwargs) -> tuple[torch.Tensor, bool]:
     """Loss and gradients on the minibatch ``x``, the optimizer step only if both are finite.
 
     Args:
@@ -55,6 +56,10 @@ def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, **
             positional and named.
         grad_scale: multiplies the loss before ``backward`` (the number of processes under DDP,
             which averages gradients, so that the step follows the whole minibatch's gradient).
+        updates: ``updates(name) -> bool`` picks, by their param-store names, the parameters the
+            step updates (``None``: all that the loss reaches). The gradients of the others are
+            dropped, not kept for a later step: a training phase
+            (:class:`~pyro_vae.training.TrainingPhase`) owns its parameters.
 
     Returns:
         ``(loss, applied)``: the loss as a detached device tensor (nats, summed over the
@@ -65,7 +70,14 @@ def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, **
         loss = loss_fn(x, *args, **kwargs)
         (loss * grad_scale if grad_scale != 1.0 else loss).backward()
     # one entry per tensor (a module registered under two names appears twice), as in Pyro's SVI
-    params = list(dict.fromkeys(unconstrained_param(site["value"]) for site in capture.trace.nodes.values()))
+    sites = capture.trace.nodes
+    params = list(dict.fromkeys(unconstrained_param(site["value"]) for site in sites.values()))
+    if updates is not None:
+        kept = {id(unconstrained_param(site["value"])) for name, site in sites.items() if updates(name)}
+        for p in params:
+            if id(p) not in kept:
+                p.grad = None
+        params = [p for p in params if id(p) in kept]
     grads = [p.grad for p in params if p.grad is not None]
     finite = torch.isfinite(loss.detach())
     if grads:

@@ -41,14 +41,15 @@ measured on the 2-core CPU was about 12,000 steps for a 784-64-8 VAE at batch 32
 milliseconds); 20,000 leaves a margin for slower compilers."""
 
 
-def unsupported_settings(optimizer, compile) -> list[str]:
+def unsupported_settings(optimizer, compile, phases: int = 0) -> list[str]:
     """The settings of a run that the compiled step does not take (empty: it can be tried).
     ``optimizer`` is the run's ``PyroOptim``: a :class:`~pyro_vae.optim.FusedOptim` over
     ``torch.optim.Adam`` or ``torch.optim.Adagrad`` (``optimizer="adam"``, ``"adagrad"``) is taken. Objectives, KL warm-up, free bits and
     named arguments are not among these: whether a pair's step can be recorded is found by
     recording and checking it."""
     fused = isinstance(optimizer, FusedOptim) and optim_constructor(optimizer) in UPDATES
-    return [what for what, bad in ((_optimizer_label(optimizer), not fused), ("compile", bool(compile))) if bad]
+    return [what for what, bad in ((_optimizer_label(optimizer), not fused), ("compile", bool(compile)),
+                                   (f"training phases ({phases})", phases > 0)) if bad]
 
 
 def _optimizer_label(optimizer) -> str:
@@ -57,27 +58,29 @@ def _optimizer_label(optimizer) -> str:
     return f"optimizer {type(optimizer).__name__}({inner})"
 
 
-def check_compiled_settings(optimizer, compile) -> None:
+def check_compiled_settings(optimizer, compile, phases: int = 0) -> None:
     """Refuse, before any step, an explicit ``step="compiled"`` with settings it does not take.
 
     Raises:
         ValueError: naming each such setting and what the compiled step supports.
     """
-    unsupported = unsupported_settings(optimizer, compile)
+    unsupported = unsupported_settings(optimizer, compile, phases)
     if unsupported:
         raise ValueError(f"step='compiled' does not support {', '.join(unsupported)} yet: it supports the optimizer "
-                         "'adam' or 'adagrad' (by name, or a FusedOptim over torch.optim.Adam or Adagrad), without compile; "
+                         "'adam' or 'adagrad' (by name, or a FusedOptim over torch.optim.Adam or Adagrad), without compile "
+                         "or training phases; "
                          "train with step='eager' (or 'auto', which picks eager for these settings)")
 
 
-def choose_step(step: str, *, remaining_steps: int, optimizer, compile,
+def choose_step(step: str, *, remaining_steps: int, optimizer, compile, phases: int = 0,
                 device_type: str = "cpu", resumed_from: str | None = None) -> tuple[str, str]:
     """The step mode a run takes, and why.
 
     Args:
         step: one of :data:`STEP_MODES`.
         remaining_steps: the SVI steps the run has left (all of them for a fresh run).
-        optimizer, compile: the run's settings (see :func:`unsupported_settings`).
+        optimizer, compile, phases: the run's settings (see :func:`unsupported_settings`; ``phases``:
+            how many :class:`~pyro_vae.training.TrainingPhase` the run has).
         device_type: the data's device type: ``"auto"`` compiles on the CPU only for now (the
             compiled step has not been measured on a GPU yet; ``step="compiled"`` runs it there).
         resumed_from: the mode a resumed run used so far (``step_used`` of its ``config.json``);
@@ -95,9 +98,9 @@ def choose_step(step: str, *, remaining_steps: int, optimizer, compile,
         raise ValueError(f"step must be one of {', '.join(STEP_MODES)}, got {step!r}")
     if step != "auto":
         if step != "eager":
-            check_compiled_settings(optimizer, compile)
+            check_compiled_settings(optimizer, compile, phases)
         return step, f"step={step!r} was asked for"
-    unsupported = unsupported_settings(optimizer, compile)
+    unsupported = unsupported_settings(optimizer, compile, phases)
     if unsupported:
         return "eager", f"step='auto' runs eager: the compiled step does not support {', '.join(unsupported)} yet"
     if resumed_from == "eager" or resumed_from in BACKEND_OF and device_type == "cpu":

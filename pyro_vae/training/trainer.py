@@ -28,6 +28,7 @@ from ..optim import scale_learning_rate
 from .checkpoint import save_checkpoint
 from .compiled import CompiledSVIStep
 from .logger import RunLogger, Stopwatch
+from .phases import PhaseRunner
 from .pictures import write_pictures
 from .run_folder import RunFolder
 from .schedule import KLSchedule
@@ -81,6 +82,8 @@ class Trainer:
         checkpoint: the entries of the checkpoint to continue from (``folder.resume`` must be
             set), or ``None`` for a fresh run.
         schedule: the KL schedule (:class:`~pyro_vae.training.KLSchedule`).
+        phases: more objectives with their own optimizers (:class:`~pyro_vae.training.TrainingPhase`),
+            each run after the pair's step on the parameters it owns.
 
     The trainer checks nothing about the pair or the settings: :func:`pyro_vae.train` does that
     (:func:`~pyro_vae.check_model_guide`, sizes, names) and then builds one.
@@ -88,21 +91,20 @@ class Trainer:
 
     def __init__(self, model, guide, data: Dataset, objective, optim, options: TrainerOptions, *,
                  folder: RunFolder | None, config: dict, module=None, networks: list = (),
-                 checkpoint: dict | None = None,
-                 schedule: KLSchedule = KLSchedule()):
+                 checkpoint: dict | None = None, schedule: KLSchedule = KLSchedule(), phases=()):
         if (checkpoint is not None) != (folder is not None and folder.resume):
             raise ValueError("a Trainer resumes exactly when its run folder says resume=True and a checkpoint "
                              "is given")
-        self.model, self.guide, self.data, self.optim = model, guide, data, optim
+        self.model, self.guide, self.data, self.optim, self.networks = model, guide, data, optim, list(networks)
         self.options, self.folder, self.config, self.module = options, folder, config, module
-        self.networks = list(networks)
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.device, self.num_train = data.device, data.train.shape[0]
         self.writes = folder is not None and distributed.is_main()
         self.clock = Stopwatch(self.device)
-        self.state = RunState()
+        self.state, self.phases = RunState(), PhaseRunner(phases, model, guide, self.device)
         if checkpoint is not None:
             optim.set_state(checkpoint["optimizer"])
+            self.phases.restore(checkpoint.get("phases"))
             self.state.restore(checkpoint, self.rank, options.seed, self.device)
         else:
             self.state.seed(options.seed, self.rank)
@@ -188,7 +190,10 @@ class Trainer:
         if self.world > 1:
             index = index.tensor_split(self.world)[self.rank]
         args, named = (self.data.train_labels[index],) if self.options.labels else (), self.data.named("train", index)
-        loss, applied = self.svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world), **named)
+        updates = {"updates": self.phases.pair_updates()} if self.phases.phases else {}
+        loss, applied = self.svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world),
+                                      **updates, **named)
+        self.phases.step(pos.step, self._where(pos.epoch + 1), x_epoch[index], *args, **named)
         if not applied:
             self._on_nonfinite(loss, b, x_epoch[index], *args, **named)
             pos.epoch_skipped += 1
@@ -201,8 +206,7 @@ class Trainer:
         pos.batch = b + 1
 
     def _log_curve(self) -> float | None:
-        """Close a log interval: its mean training ELBO over the applied steps (nats per datapoint;
-        one host read), ``None`` when every step of the interval was skipped."""
+        """Close a log interval: its mean training ELBO over the applied steps (nats per datapoint), or ``None``."""
         pos = self.state.position
         if pos.interval_points == 0:
             return None
@@ -247,6 +251,7 @@ class Trainer:
             "train_seconds": pos.epoch_seconds,
             "total_train_seconds": self.state.result.train_seconds,
             "compiled_steps": getattr(self.svi_step, "replays", 0),  # so far in this process: 0 when eager
+            **self.phases.end_epoch(),
         }
         for split in ("test", "valid"):
             x = getattr(self.data, split)
@@ -257,18 +262,16 @@ class Trainer:
 
     def _evaluate(self, x: torch.Tensor, args: tuple, named: dict) -> tuple[float, float]:
         """The one-sample ELBO of ``x`` per datapoint: mean and standard error (nats)."""
-        options = self.options
-        return evaluate_elbo(self.model, self.guide, x, options.eval_batch_size, *args, distributed=True,
-                             data_plate=options.data_plate, **named)
+        return evaluate_elbo(self.model, self.guide, x, self.options.eval_batch_size, *args, distributed=True,
+                             data_plate=self.options.data_plate, **named)
 
     def _checkpoint(self, name: str = "checkpoint.pt"):
         """Save the current state (every process takes part; the main process writes)."""
         rng_states = distributed.gather_objects(get_rng_state())
-        if not self.writes:
-            return None
         pos = self.state.position
-        return save_checkpoint(self.folder.path / name, self.optim, step=pos.step, epoch=pos.epoch,
-                               **self.state.checkpoint_entries(rng_states, self.config, self.options.epochs))
+        entries = self.state.checkpoint_entries(rng_states, self.config, self.options.epochs)
+        return None if not self.writes else save_checkpoint(
+            self.folder.path / name, self.optim, step=pos.step, epoch=pos.epoch, phases=self.phases.state(), **entries)
 
     def _on_nonfinite(self, loss: torch.Tensor, b: int, x: torch.Tensor, *args, **named) -> None:
         """A step whose loss or gradient was not finite (and was not applied): stop, or back off.
