@@ -47,11 +47,11 @@ import time
 import warnings
 from pathlib import Path
 
+import _runs  # experiments/_runs.py
 import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.cli import train as cli_train
 from pyro_vae.cli.args import add_experiment_args
 from pyro_vae.data import load_dataset
 from pyro_vae.evaluation.frechet import FeatureNet, frechet_distance, train_feature_classifier
@@ -60,8 +60,7 @@ from pyro_vae.generate import reconstruct, sample_prior
 from pyro_vae.models import MODELS, build_model, model_options
 from pyro_vae.objectives import elbo_label, get_elbo
 from pyro_vae.plots import save_image_grid
-
-import _runs  # experiments/_runs.py
+from pyro_vae.training import pair_phases
 
 QUICK_SIZES = {"hidden_dim": 32, "latent_dim": 4}
 CHUNK = 1000  # samples drawn, images reconstructed per call
@@ -77,17 +76,9 @@ def build(name: str, data, args):
 
 
 def objective_and_phases(vae) -> tuple:
-    """The pair's own objective (``default_elbo``, ``"trace"`` where it has none) and its extra training
-    phases (a discriminator's), as ``pyro-vae train`` builds them (``pyro_vae.cli.train.pair_phases``):
-    ``(objective, phases)``."""
-    objective = getattr(vae, "default_elbo", "trace")
-    pair_phases = getattr(cli_train, "pair_phases", None)
-    if pair_phases is None:
-        if hasattr(vae, "discriminator"):  # never train a GAN pair without its discriminator's phase
-            raise RuntimeError(f"{type(vae).__name__} trains with a discriminator phase, which "
-                               "pyro_vae.cli.train.pair_phases builds; it is missing")
-        return objective, []
-    objective, _, phases = pair_phases(vae, objective, 1, 0.0)
+    """The pair's own objective (``default_elbo``) and its extra training phases (a discriminator's), as
+    ``pyro-vae train`` builds them (:func:`pyro_vae.training.pair_phases`): ``(objective, phases)``."""
+    objective, _, phases = pair_phases(vae, getattr(vae, "default_elbo", "trace"))
     return objective, phases
 
 
@@ -239,8 +230,9 @@ def markdown(report: dict) -> str:
                 f"objective. Test ELBO (one sample) on all {report['num_test']} test images; objective, reconstruction "
                 f"BCE and log p̂(x) (K = {report['num_samples']}) on the first {report['num_eval']}. Nats per image. "
                 "Objective on test: minus the training objective's loss per image (minibatches of 100): an ELBO for "
-                "trace, enum, baseline; the VQ-VAE's loss; WAE-MMD's reconstruction + lambda MMD² (not a bound); "
-                "the VAE-GAN's ELBO with its discriminator terms. Parameters: every net of the pair (discriminators "
+                "trace, enum, baseline; the VQ-VAE's loss; WAE-MMD's reconstruction + lambda MMD² and WAE-GAN's "
+                "reconstruction + lambda sum softplus(-D(z)) (not bounds); for the VAE-GAN its ELBO (the value of its "
+                "objective; the discriminator terms shape only the gradient). Parameters: every net of the pair (discriminators "
                 "and baselines included).")
     fd = (f"FD: Fréchet distance between {report['num_fd_samples']} samples (E[x | z], z ~ p(z)) and "
           f"{report['num_reference']} grey-level test images, in the {c['features']}-dimensional penultimate layer of "

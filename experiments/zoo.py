@@ -29,7 +29,7 @@ import pyro_vae
 from pyro_vae.cli.args import add_experiment_args
 from pyro_vae.data import load_dataset
 from pyro_vae.models import MODELS, build_model, model_options
-from pyro_vae.training.phases import pair_phases
+from pyro_vae.training.pair_phases import pair_phases
 
 NOT_BOUNDS = ("wae", "wae-gan")
 """Pairs without an ELBO to report (a point-mass encoder over a continuous latent): not in the default list."""
@@ -57,7 +57,7 @@ def run_one(name: str, data, args) -> dict:
     return {
         "model": name,
         "description": MODELS[name].description,
-        "elbo": vae.default_elbo,
+        "elbo": " + ".join([vae.default_elbo, *(f"{phase.name} phase" for phase in phases)]),
         "options": {k: v for k, v in options.items() if k != "image_shape"},
         "parameters": sum(p.numel() for p in vae.parameters()),
         "epochs": args.epochs,

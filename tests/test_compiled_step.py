@@ -21,7 +21,7 @@ import torch
 
 from pyro_vae import VAE, train
 from pyro_vae.models import MODELS
-from pyro_vae.training.phases import pair_phases
+from pyro_vae.training.pair_phases import pair_phases
 from pyro_vae.objectives import get_elbo
 from pyro_vae.optim import make_optimizer
 from pyro_vae.training import ELBOLoss, KLSchedule, RunFolder, TrainingInterrupted

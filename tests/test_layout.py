@@ -104,7 +104,7 @@ def test_public_names_are_importable_from_their_package():
 
 
 TRAINING_ORDER = {"step": 0, "checkpoint": 0, "signals": 0, "logger": 0, "schedule": 0, "speed": 0, "pictures": 0,
-                  "recording": 0, "state": 1, "compiled": 1, "run_folder": 1, "phases": 1, "step_mode": 2, "trainer": 3, "api": 4}
+                  "recording": 0, "state": 1, "compiled": 1, "run_folder": 1, "phases": 1, "pair_phases": 2, "step_mode": 2, "trainer": 3, "api": 4}
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING_ORDER))

@@ -24,7 +24,7 @@ from pyro_vae.data import load_dataset
 from pyro_vae.models import model_options
 from pyro_vae.objectives import FreeBitsELBO, get_elbo, scale_latents
 from pyro_vae.objectives.wae import wae_metrics
-from pyro_vae.training.phases import pair_phases
+from pyro_vae.training.pair_phases import pair_phases
 
 SMALL = {"hidden_dim": 100, "latent_dim": 10}
 SMALL_CONV = {"nvae": {"hidden_dim": 16, "latent_dim": 2, "groups": 2}}  # channels: 100 would take minutes

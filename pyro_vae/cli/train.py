@@ -21,7 +21,7 @@ from ..models import build_model
 from ..models.external import build_from_factory, data_facts
 from ..objectives import SpectralRegularizedELBO, get_elbo
 from ..training import KLSchedule, RunFolder, train
-from ..training.phases import pair_phases
+from ..training.pair_phases import pair_phases
 from .args import add_elbo_arg, add_train_args, labels_by_name, load_data, model_config, resolve_device
 from .evaluate import estimate, save_estimate, test_labels
 

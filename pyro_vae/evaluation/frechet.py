@@ -120,8 +120,8 @@ def train_feature_classifier(train_x: torch.Tensor, train_y: torch.Tensor, epoch
     """
     device = torch.device(device) if device is not None else train_x.device
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, the caller's RNG left alone
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the initial weights from the seed (built on the CPU), the caller's
+        torch.random.default_generator.manual_seed(seed)  # RNGs left alone: this seeds the CPU generator only
         net = FeatureNet(train_x[0].numel(), hidden, int(train_y.max()) + 1).to(device)
     x, y = train_x.reshape(len(train_x), -1).to(device, torch.float32), train_y.to(device)
     optim = torch.optim.Adam(net.parameters(), lr=lr)

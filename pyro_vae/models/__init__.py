@@ -31,7 +31,7 @@ Every pair but ``vq``, ``wae`` and ``wae-gan`` (whose objectives have no KL term
 unless told otherwise (``m2``: ``"enum"``, ``vq``: ``"vq"``, ``bernoulli``: ``"baseline"``,
 ``wae``: ``"wae"``, the others ``"trace"``). ``vaegan`` and ``wae-gan`` also train a
 discriminator with its own optimizer, as a :class:`~pyro_vae.training.TrainingPhase`
-(``pyro-vae train`` adds it: :func:`pyro_vae.cli.train.pair_phases`). The pairs with one diagonal-Normal latent site ``z``
+(``pyro-vae train`` adds it: :func:`pyro_vae.training.pair_phases`). The pairs with one diagonal-Normal latent site ``z``
 (``mlp``, ``conv``, ``conditional``, ``iaf``) share their model and guide through
 :class:`SingleLatentVAE`; each builds its own nets.
 """

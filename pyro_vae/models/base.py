@@ -58,11 +58,13 @@ class PairModule(nn.Module):
         description: one line for ``pyro-vae models``.
         needs_labels: ``True`` when ``model``/``guide`` take class labels ``y`` after ``x``.
         default_elbo: the objective the pair is written for (``"enum"`` for enumerated latents).
+        phase_params: names of the nets trained as their own phase (``train`` refuses the pair without).
     """
 
     description = ""
     needs_labels = False
     default_elbo = "trace"
+    phase_params: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         """Make each subclass remember the arguments it was built with (``_build_args``, all

@@ -66,6 +66,7 @@ class VAEGAN(VAE):
     """
 
     description = "Larsen et al. (2016) VAE-GAN: the MLP VAE plus a discriminator trained as its own phase"
+    phase_params = ("discriminator",)  # train() refuses the pair without a phase that owns it
 
     def __init__(self, data_dim: int, latent_dim: int = 20, hidden_dim: int = 500, likelihood: str = "bernoulli",
                  beta: float = 1.0, discriminator_dim: int = 512, discriminator_lr: float = 2e-4):

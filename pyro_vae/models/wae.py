@@ -148,6 +148,7 @@ class WAEGAN(WAE):
 
     description = "WAE-GAN (Tolstikhin et al. 2018): the WAE with an adversarial penalty on z, its own phase"
     default_elbo = "wae-gan"  # a label, not an objective's name: the CLI trains it with wae_gan_objectives
+    phase_params = ("latent_discriminator",)  # train() refuses the pair without a phase that owns it
 
     def __init__(self, data_dim: int, latent_dim: int = 8, hidden_dim: int | Sequence[int] = 500,
                  likelihood: str = "bernoulli", stochastic: bool = False, discriminator_dim: int = 512,

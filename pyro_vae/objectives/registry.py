@@ -90,7 +90,15 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
     if name in GRADIENT_ESTIMATORS:
         return GRADIENT_ESTIMATORS[name](num_particles=num_particles, data_plate=data_plate,
                                          max_plate_nesting=max_plate_nesting)
+    if name in PAIR_LABELS:
+        raise ValueError(f"{name!r} is not an objective's name but a pair's label: {PAIR_LABELS[name]}")
     raise unknown_name("ELBO", name, ELBO_NAMES)
+
+
+PAIR_LABELS = {"wae-gan": "the WAE-GAN trains with two objectives (objectives.wae_gan.wae_gan_objectives), the "
+                          "latent discriminator's as a TrainingPhase; pyro_vae.training.pair_phases(vae, 'wae-gan') "
+                          "gives both"}
+"""Labels that pairs use as ``default_elbo`` for objectives no name builds alone, and what to do instead."""
 
 
 def from_object(elbo: ELBO, num_particles: int = 1, free_bits: float = 0.0, max_plate_nesting: int | None = None,
@@ -144,8 +152,9 @@ def elbo_label(elbo: str | ELBO) -> str:
     ``"pyro.infer.trace_elbo.Trace_ELBO(num_particles=2, vectorize_particles=True)"``."""
     if isinstance(elbo, str):
         return elbo
-    settings = {"num_particles": elbo.num_particles, "vectorize_particles": elbo.vectorize_particles}
-    for name in ("alpha", "free_bits", "groups", "beta", "coefficient", "lam"):
+    settings = {"num_particles": getattr(elbo, "num_particles", 1),
+                "vectorize_particles": getattr(elbo, "vectorize_particles", False)}
+    for name in ("alpha", "free_bits", "groups", "beta", "coefficient", "lam", "feature_weight", "adversarial_weight"):
         if hasattr(elbo, name):
             settings[name] = getattr(elbo, name)
     if isinstance(getattr(elbo, "elbo", None), ELBO):  # a wrapped objective (SpectralRegularizedELBO)

@@ -37,7 +37,7 @@ from torch import nn
 from .base import LossFromDifferentiableLoss, WrappedELBO
 from .registry import get_elbo
 
-__all__ = ["DiscriminatorLoss", "VAEGANLoss", "generated_draws", "vaegan_objectives"]
+__all__ = ["DiscriminatorLoss", "VAEGANLoss", "frozen", "generated_draws", "vaegan_objectives"]
 
 
 def generated_draws(model, guide, x: torch.Tensor, *args, site: str = "x", **kwargs) -> dict[str, torch.Tensor]:
@@ -56,6 +56,13 @@ def generated_draws(model, guide, x: torch.Tensor, *args, site: str = "x", **kwa
     return {key: _draw(poutine.trace(fn).get_trace(x, *args, **kwargs).nodes[site]["fn"]) for key, fn in runs.items()}
 
 
+def frozen(net: nn.Module):
+    """``net`` as a function of its input only: its parameters enter detached (the gradient flows to
+    the input, never to ``net``), so a loss that runs it cannot move it, whichever optimizer steps."""
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    return lambda *inputs: torch.func.functional_call(net, params, inputs)
+
+
 def _draw(fn) -> torch.Tensor:
     if fn.has_rsample:
         return fn.rsample()
@@ -69,26 +76,25 @@ class VAEGANLoss(WrappedELBO):
     loss (weight ``adversarial_weight``) of the module docstring.
 
     The **value** it returns is the wrapped ELBO's loss alone (a run's ``train_elbo`` stays that
-    ELBO, in nats per datapoint); the **gradient** is the sum's. The discriminator's gradients from
-    this loss are dropped by the trainer when the discriminator is a training phase's.
+    ELBO, in nats per datapoint); the **gradient** is the sum's. The discriminator runs with its
+    parameters detached (:func:`frozen`): this loss never moves it; its own phase does
+    (:class:`DiscriminatorLoss`).
 
     Args:
         elbo: the pair's ELBO (an object with ``differentiable_loss``; see
             :func:`~pyro_vae.objectives.get_elbo`).
-        discriminator: ``x -> (logit, features)``, e.g. :class:`~pyro_vae.models.vaegan.Discriminator`;
-            registered as ``pyro.module(name, discriminator)``.
+        discriminator: ``x -> (logit, features)``, e.g. :class:`~pyro_vae.models.vaegan.Discriminator`.
         feature_weight, adversarial_weight: ``gamma`` and ``alpha`` (>= 0).
         site: the model's observed site.
-        name: the discriminator's ``pyro.module`` name (the training phase's ``params``).
     """
 
     def __init__(self, elbo: ELBO, discriminator: nn.Module, feature_weight: float = 1.0,
-                 adversarial_weight: float = 1.0, site: str = "x", name: str = "discriminator"):
+                 adversarial_weight: float = 1.0, site: str = "x"):
         super().__init__(elbo)
         if feature_weight < 0 or adversarial_weight < 0:
             raise ValueError(f"the VAE-GAN weights must be >= 0, got feature_weight={feature_weight}, "
                              f"adversarial_weight={adversarial_weight}")
-        self.discriminator, self.site, self.name = discriminator, site, name
+        self.discriminator, self.site = discriminator, site
         self.feature_weight, self.adversarial_weight = float(feature_weight), float(adversarial_weight)
 
     def differentiable_loss(self, model, guide, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -97,7 +103,7 @@ class VAEGANLoss(WrappedELBO):
         if not torch.is_grad_enabled():
             return loss
         draws = generated_draws(model, guide, x, *args, site=self.site, **kwargs)
-        discriminate = pyro.module(self.name, self.discriminator)
+        discriminate = frozen(self.discriminator)
         _, data_features = discriminate(x)
         _, features = discriminate(draws["reconstruction"])
         feature_loss = 0.5 * (features - data_features.detach()).pow(2).sum()

@@ -10,8 +10,9 @@ Over a minibatch of ``B`` datapoints (nats, summed over the minibatch like the o
 ``s(-D) = -log D``: the paper's ``- lambda log D(z_n)`` term of the encoder, and its discriminator's
 ``lambda [log D(z~) + log(1 - D(z))]`` ascended. The default ``lambda = 100`` keeps the paper's
 balance, not its number: its ``lambda = 1`` (MNIST) weighs a cost ``0.05 ||x - G(z)||^2`` of about
-1 per digit, where the Bernoulli ``-log p(x | z)`` here is about 100 nats (at ``lambda = 1`` the
-adversary changes nothing measurable in ``MMD^2`` after a few epochs; ``tests/test_wae_gan.py``). The
+1 per digit, where the Bernoulli ``-log p(x | z)`` here is about 100 nats. Measured once (6 epochs
+on 1000 MNIST images, test ``MMD^2`` of one minibatch of 200): 7.85 without the adversary, 7.61 at
+``lambda = 1``, 7.99 at 10, 4.75 at 100; ``tests/test_wae_gan.py`` checks 0 against 100. The
 pair and the checker's rules are the WAE's (:class:`~pyro_vae.objectives.wae.WAELoss`: rule set
 ``"wae"``, one continuous latent site, a point-mass guide allowed). Neither value is a bound on
 ``log p(x)``.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossFromDifferentiableLoss
+from .vaegan import frozen
 from .wae import wae_traces
 
 __all__ = ["LatentDiscriminatorLoss", "WAEGANLoss", "wae_gan_objectives"]
@@ -34,7 +36,8 @@ class WAEGANLoss(LossFromDifferentiableLoss):
     """The encoder's and decoder's WAE-GAN loss (module docstring).
 
     Args:
-        latent_discriminator: ``z (B, d) -> logit (B,)``; registered as ``pyro.module(name, ...)``.
+        latent_discriminator: ``z (B, d) -> logit (B,)``; run with its parameters detached here,
+            registered as ``pyro.module(name, ...)`` by :class:`LatentDiscriminatorLoss`.
         lam: ``lambda`` (>= 0; module docstring for the default).
         data_plate: the pair's plate over datapoints.
         name: the discriminator's ``pyro.module`` name (its training phase's ``params``).
@@ -53,7 +56,7 @@ class WAEGANLoss(LossFromDifferentiableLoss):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         _, model_trace, z, _ = wae_traces(model, guide, self.data_plate, args, kwargs)
         reconstruction = -model_trace.log_prob_sum(lambda name, site: site["is_observed"])
-        logit = pyro.module(self.name, self.latent_discriminator)(z)
+        logit = frozen(self.latent_discriminator)(z)  # this loss never moves the adversary; its phase does
         return reconstruction + self.lam * F.softplus(-logit).sum()
 
 

@@ -16,6 +16,7 @@ module             what it holds
 ``schedule``       KL warm-up and free bits (:class:`KLSchedule`)
 ``speed``          the compiled step's recording minibatches; compiled networks (``compile``)
 ``phases``         more objectives with their own optimizers in the same run (:class:`TrainingPhase`)
+``pair_phases``    the phases of the shipped pairs that need them (VAE-GAN, WAE-GAN): :func:`pair_phases`
 ``trainer``        :class:`Trainer`: epochs of steps, then evaluation, logging, checkpoint
 ``api``            :func:`train`, the one-call entry point
 =================  ===========================================================================
@@ -40,10 +41,11 @@ processes, the loss is wrapped in ``DistributedDataParallel``; see :mod:`pyro_va
 from ..optim import OPTIMIZERS, make_optimizer
 from .api import train
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .pair_phases import pair_phases
+from .phases import TrainingPhase
 from .run_folder import RUN_FILES, RunFolder, load_run
 from .schedule import KLSchedule
 from .signals import TrainingInterrupted
-from .phases import TrainingPhase
 from .state import TrainResult
 from .step import ELBOLoss, NonFiniteLossError, svi_step
 from .trainer import MAX_BACKOFFS, Trainer, TrainerOptions
@@ -65,6 +67,7 @@ __all__ = [
     "load_checkpoint",
     "load_run",
     "make_optimizer",
+    "pair_phases",
     "read_checkpoint",
     "save_checkpoint",
     "svi_step",

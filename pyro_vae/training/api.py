@@ -12,8 +12,8 @@ Reported numbers are per datapoint, in nats, as ELBOs (higher is better):
 
 from __future__ import annotations
 
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pyro
@@ -30,14 +30,14 @@ from ..models import MODELS
 from ..models.external import data_facts, shipped_record
 from ..objectives import elbo_label, get_elbo
 from ..optim import make_optimizer
+from . import step_mode
+from .phases import TrainingPhase, check_phases
 from .run_folder import RunFolder
 from .schedule import KLSchedule
 from .speed import compile_targets
 from .state import TrainResult
-from . import step_mode
-from .step_mode import STEP_MODES, choose_step, remaining_steps
-from .phases import TrainingPhase, check_phases
 from .step import owner_module
+from .step_mode import STEP_MODES, choose_step, remaining_steps
 from .trainer import Trainer, TrainerOptions
 
 __all__ = ["train"]
@@ -146,11 +146,9 @@ def train(
             ``optimizer="adam"`` or ``"adagrad"``, no ``compile`` (else ``ValueError``); under
             ``torchrun`` too. ``"compiled:replay"`` replays the recorded graph without a compiler
             (bitwise equal to eager, not faster; for tests).
-        phases: more objectives trained in the same run, each with its own optimizer, on the
-            parameters it owns (:class:`~pyro_vae.training.TrainingPhase`, e.g. a VAE-GAN's
-            discriminator: :func:`~pyro_vae.objectives.vaegan_objectives`); the pair's objective
-            updates the rest. Checked on a small batch first (:func:`~pyro_vae.training.phases.check_phases`);
-            eager steps, one process.
+        phases: more objectives in the same run, each with its own optimizer, on the parameters it
+            owns (:class:`~pyro_vae.training.TrainingPhase`; a GAN's: :func:`~pyro_vae.training.pair_phases`);
+            the pair's objective updates the rest. Checked first (:func:`~pyro_vae.training.phases.check_phases`).
 
     Returns:
         :class:`~pyro_vae.training.TrainResult` with the per-epoch history (earlier epochs
@@ -183,8 +181,9 @@ def train(
         pyro.clear_param_store()
     max_plate_nesting, example = _check_pair(model, guide, data, elbo, labels, schedule.free_bits, data_plate)
     objective = get_elbo(elbo, num_particles, schedule.free_bits, max_plate_nesting, data_plate=data_plate)
-    check_phases(phases, model, guide, objective, example, data.named("train", slice(2)), distributed.world_size())
     module = owner_module(model, guide, module)
+    check_phases(phases, model, guide, objective, example, data.named("train", slice(2)), distributed.world_size(),
+                 required=tuple(getattr(module, "phase_params", ())))
     networks = compile_targets(module, model, guide, *example) if compile else []
     num_particles = num_particles if isinstance(elbo, str) else elbo.num_particles
     settings = _settings(data, options, label, num_particles, schedule, rules_of(elbo, schedule.free_bits).free_bits,

@@ -27,15 +27,12 @@ import pyro.optim
 import torch
 from pyro import poutine
 
-from ..models.vaegan import VAEGAN
-from ..models.wae import WAEGAN
-from ..objectives import elbo_label, get_elbo, vaegan_objectives
-from ..objectives.wae_gan import wae_gan_objectives
-from ..optim import make_optimizer
+from ..objectives import elbo_label
+from ..pyro_internals import unconstrained_param
 from .checkpoint import CheckpointError
 from .step import ELBOLoss, NonFiniteLossError, svi_step
 
-__all__ = ["PhaseRunner", "TrainingPhase", "check_phases", "pair_phases"]
+__all__ = ["PhaseRunner", "TrainingPhase", "check_phases"]
 
 
 @dataclass
@@ -72,41 +69,70 @@ class TrainingPhase:
 
     def record(self) -> dict:
         """The phase's settings as ``config.json`` records them (a resumed run must match them)."""
+        args = getattr(self.optim, "pt_optim_args", None)
         return {"name": self.name, "objective": elbo_label(self.objective), "params": self.params,
-                "every": self.every, "start": self.start, "optimizer": type(self.optim).__name__}
+                "every": self.every, "start": self.start, "optimizer": type(self.optim).__name__,
+                "lr": args.get("lr") if isinstance(args, dict) else None}
 
 
-def check_phases(phases, model, guide, objective, example: tuple, named: dict, world: int) -> None:
-    """Refuse, before the first step, phases the trainer cannot run as asked: bad settings, a phase
-    whose loss reaches none of the parameters it owns or is not finite on ``example`` (a small
-    batch ``(x, *args)`` with per-datapoint ``named`` arguments), or a pair's objective left with
-    no parameter to update. The RNG streams are left as they were.
+def check_phases(phases, model, guide, objective, example: tuple, named: dict, world: int,
+                 required: tuple = ()) -> None:
+    """Refuse, before the first step, phases the trainer cannot run as asked: bad settings; a pair
+    whose ``required`` networks (by ``pyro.module`` name, a pair's ``phase_params``: a GAN's
+    discriminator) no phase owns; two phases owning one parameter, or a tensor registered under a
+    phase's name and another; a phase whose loss, on ``example`` (a small batch ``(x, *args)`` with
+    per-datapoint ``named`` arguments), is not a finite scalar or has no gradient for the
+    parameters it owns; a pair's objective left with no parameter to update. The RNG streams are
+    left as they were.
 
     Raises:
-        ValueError: naming the phase and the problem.
+        ValueError: naming the phase (or the network) and the problem.
     """
     names = [getattr(p, "name", None) for p in phases]
     for phase in phases:
         _check_settings(phase, names)
+    for net in required:
+        if not any(phase.owns(net) for phase in phases):
+            raise ValueError(f"this pair trains its network {net!r} as its own training phase, and no phase owns it: "
+                             "its objective alone would train a different model (for a shipped pair, "
+                             "pyro_vae.training.pair_phases(vae, elbo) gives the objective and the phases)")
     if not phases:
         return
     if world > 1:
         raise ValueError("training phases do not go with distributed training yet: train on one process")
     with torch.random.fork_rng(devices=[example[0].device] if example[0].device.type == "cuda" else []):
         for phase in phases:
-            loss, params = _param_names(phase.objective, model, guide, example, named)
-            reached = [n for n in params if phase.owns(n)]
-            if not reached:
-                raise ValueError(f"training phase {phase.name!r} would update nothing: its loss reaches no parameter "
-                                 f"named {phase.params!r} or {phase.params + '$$$...'!r} (it reaches "
-                                 f"{sorted(params)[:6]}); set params= to the pyro.module name of its networks")
-            if not bool(torch.isfinite(loss).all()) or loss.dim() != 0:
-                raise ValueError(f"training phase {phase.name!r}: its loss on a small batch is {loss}, not a finite "
-                                 "scalar (nats summed over the minibatch)")
+            _check_reach(phase, _param_names(phase.objective, model, guide, example, named))
         _, params = _param_names(objective, model, guide, example, named)
-        if not [n for n in params if not any(p.owns(n) for p in phases)]:
-            raise ValueError(f"the phases {names} own every parameter the pair's objective reaches: the pair's SVI "
-                             "step would update nothing")
+    if not [n for n in params if not any(p.owns(n) for p in phases)]:
+        raise ValueError(f"the phases {names} own every parameter the pair's objective reaches: the pair's SVI "
+                         "step would update nothing")
+    _check_ownership(phases)
+
+
+def _check_reach(phase, loss_and_params) -> None:
+    loss, params = loss_and_params
+    if loss.dim() != 0 or not bool(torch.isfinite(loss)):
+        raise ValueError(f"training phase {phase.name!r}: its loss on a small batch is {loss}, not a finite scalar "
+                         "(nats summed over the minibatch)")
+    owned = [p for n, p in params.items() if phase.owns(n)]
+    grads = torch.autograd.grad(loss, owned, allow_unused=True) if owned and loss.requires_grad else []
+    if not any(g is not None for g in grads):
+        raise ValueError(f"training phase {phase.name!r} would update nothing: its loss has no gradient for a "
+                         f"parameter named {phase.params!r} or {phase.params + '$$$...'!r} (it reaches "
+                         f"{sorted(params)[:6]}); set params= to the pyro.module name of its networks")
+
+
+def _check_ownership(phases) -> None:
+    """Refuse a tensor of the param store owned by two phases, or by a phase under one name and not under another."""
+    owners: dict[int, set] = {}
+    for name, value in pyro.get_param_store().named_parameters():
+        owners.setdefault(id(value), set()).update({p.name for p in phases if p.owns(name)} or {None})
+    for name, value in pyro.get_param_store().named_parameters():
+        if len(owners[id(value)]) > 1:
+            raise ValueError(f"parameter {name!r} would be updated by {sorted(map(str, owners[id(value)]))} "
+                             "(None: the pair's step): two phases own it, or the tensor is registered under a "
+                             "phase's name and another; give each network one pyro.module name and one owner")
 
 
 def _check_settings(phase, names: list) -> None:
@@ -124,11 +150,11 @@ def _check_settings(phase, names: list) -> None:
                          f"every={phase.every!r}, start={phase.start!r}")
 
 
-def _param_names(objective, model, guide, example: tuple, named: dict) -> tuple[torch.Tensor, set]:
-    """The loss of ``objective`` on ``example`` and the names of the parameters it reaches."""
+def _param_names(objective, model, guide, example: tuple, named: dict) -> tuple[torch.Tensor, dict]:
+    """The loss of ``objective`` on ``example`` and the parameters it reaches, by name (unconstrained)."""
     with poutine.trace(param_only=True) as capture, torch.enable_grad():
         loss = objective.differentiable_loss(model, guide, *example, **named)
-    return loss.detach(), set(capture.trace.nodes)
+    return loss, {name: unconstrained_param(site["value"]) for name, site in capture.trace.nodes.items()}
 
 
 class PhaseRunner:
@@ -200,28 +226,3 @@ class PhaseRunner:
         self.points = list(saved["points"])
         for phase in self.phases:
             phase.optim.set_state(saved["optimizers"][phase.name])
-
-
-def pair_phases(vae, objective, num_particles: int = 1, free_bits: float = 0.0) -> tuple:
-    """``(objective, free_bits, phases)`` to ``train`` a shipped pair ``vae`` with its objective
-    ``objective`` (a name or an ELBO object) as ``pyro-vae train`` does. A VAE-GAN: its objective wrapped in
-    :class:`~pyro_vae.objectives.VAEGANLoss` (which then carries the free bits) and its
-    discriminator's training phase; a WAE-GAN: its own two objectives
-    (:func:`~pyro_vae.objectives.wae_gan.wae_gan_objectives`; another ``--elbo`` is refused). Each
-    discriminator takes Adam at the pair's ``discriminator_lr``. Any other pair: its objective as
-    given, no phases."""
-    if isinstance(vae, VAEGAN):
-        inner = get_elbo(objective, num_particles, free_bits, data_plate="data") if isinstance(objective, str) \
-            else objective
-        elbo, discriminator_loss = vaegan_objectives(vae.discriminator, inner)
-        return elbo, 0.0, [TrainingPhase("discriminator", discriminator_loss,
-                                         make_optimizer("adam", vae.discriminator_lr), params="discriminator")]
-    if isinstance(vae, WAEGAN):
-        if objective != vae.default_elbo:
-            raise ValueError(f"the WAE-GAN trains with its own two objectives (encoder and decoder; latent "
-                             f"discriminator), not {objective!r}: drop --elbo")
-        elbo, discriminator_loss = wae_gan_objectives(vae.latent_discriminator)
-        return elbo, free_bits, [TrainingPhase("latent_discriminator", discriminator_loss,
-                                               make_optimizer("adam", vae.discriminator_lr),
-                                               params="latent_discriminator")]
-    return objective, free_bits, []

@@ -30,7 +30,7 @@ RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
 
 SETTINGS_FIXED_ON_RESUME = (
     "elbo", "num_particles", "labels", "kl_warmup_steps", "free_bits", "optimizer", "lr", "batch_size",
-    "seed", "dataset", "num_train", "num_test", "num_valid", "checkpoint_every",
+    "seed", "dataset", "num_train", "num_test", "num_valid", "checkpoint_every", "phases",
 )
 """Settings a resumed run must share with the checkpoint (``epochs`` and the device may change)."""
 
@@ -130,8 +130,8 @@ class RunFolder:
             raise CheckpointError(f"{self.checkpoint} holds parameters only (written by an older pyro-vae or by "
                                   "save_checkpoint directly): it cannot be resumed exactly")
         saved = state["config"]
-        changed = [f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in SETTINGS_FIXED_ON_RESUME
-                   if saved.get(k) != settings[k]]
+        changed = [f"{k}: checkpoint {saved.get(k)!r}, now {settings.get(k)!r}" for k in SETTINGS_FIXED_ON_RESUME
+                   if saved.get(k) != settings.get(k)]  # phases: only in the settings of a run that has some
         if changed:
             raise CheckpointError(f"cannot resume {self.checkpoint}: the run was written with other settings "
                                   f"({'; '.join(changed)})")

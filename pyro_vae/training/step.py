@@ -72,8 +72,9 @@ def svi_step(loss_fn, optim, x: torch.Tensor, *args, grad_scale: float = 1.0, up
     # one entry per tensor (a module registered under two names appears twice), as in Pyro's SVI
     sites = capture.trace.nodes
     params = list(dict.fromkeys(unconstrained_param(site["value"]) for site in sites.values()))
-    if updates is not None:
-        kept = {id(unconstrained_param(site["value"])) for name, site in sites.items() if updates(name)}
+    if updates is not None:  # a tensor registered under several names is updated only if all of them pass
+        dropped = {id(unconstrained_param(site["value"])) for name, site in sites.items() if not updates(name)}
+        kept = {id(p) for p in params} - dropped
         for p in params:
             if id(p) not in kept:
                 p.grad = None

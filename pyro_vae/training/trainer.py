@@ -193,11 +193,11 @@ class Trainer:
         updates = {"updates": self.phases.pair_updates()} if self.phases.phases else {}
         loss, applied = self.svi_step(self.loss_fn, self.optim, x_epoch[index], *args, grad_scale=float(self.world),
                                       **updates, **named)
-        self.phases.step(pos.step, self._where(pos.epoch + 1), x_epoch[index], *args, **named)
         if not applied:
             self._on_nonfinite(loss, b, x_epoch[index], *args, **named)
             pos.epoch_skipped += 1
-        else:
+        else:  # the phases (a discriminator's step) follow an applied step of the pair only
+            self.phases.step(pos.step, self._where(pos.epoch + 1), x_epoch[index], *args, **named)
             pos.epoch_total = pos.epoch_total + loss
             pos.interval_total = pos.interval_total + loss
             pos.interval_points += points
