@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pyro.distributions as dist
+import pytest
 import torch
 from conftest import make_vae
 
@@ -107,3 +108,14 @@ def test_pictures_leave_the_matplotlib_backend_alone(tmp_path):
     assert run.stdout.split() == ["svg", "0"]
     for name in ("grid", "diagnostics", "curves"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name, site", [("concrete", "'z'"), ("bernoulli", "'z0'"), ("vq", "'codes'"), ("nvae", "'z1'")])
+def test_latents_that_are_not_one_vector_per_datapoint_are_refused_naming_the_site(name, site):
+    from pyro_vae.models import model_options
+
+    vae = build_model(name, 784, **({"image_shape": (28, 28)} if "image_shape" in model_options(name) else {}))
+    x = torch.bernoulli(torch.full((2, 784), 0.3))
+    for call in (lambda: interpolate(vae.model, vae.guide, x[:1], x[1:]), lambda: traverse(vae.model, vae.guide, x[:1])):
+        with pytest.raises(ValueError, match=f"one continuous vector per datapoint.*guide site {site}"):
+            call()

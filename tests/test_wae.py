@@ -115,7 +115,6 @@ def test_training_on_mnist_lowers_reconstruction_and_mmd(mnist):
     assert gain.mean() > 20 * gain.std() / math.sqrt(len(gain)) and gain.mean() > 200, (before.format(), after.format())
     assert after.mmd2 < before.mmd2 - 4 * math.hypot(after.mmd2_se, before.mmd2_se), (before.format(), after.format())
     assert result.final["test_elbo"] == -math.inf  # a point mass over a continuous z: KL(q || p) = inf
-    assert result.final["train_elbo"] < -after.reconstruction_cost + 20  # minus the loss: reconstruction + penalty
 
 
 def _cost(wae, x):

@@ -83,10 +83,13 @@ def get_elbo(name: str | ELBO, num_particles: int = 1, free_bits: float = 0.0, m
         return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
     if name == "baseline":
         return TraceBaseline_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
+    if name in ("vq", "wae") and num_particles != 1:  # one code per datapoint: the posterior is a point mass
+        raise ValueError(f"the {name!r} loss draws one code per datapoint (a point-mass encoder): num_particles "
+                         f"must be 1, got {num_particles}")
     if name == "vq":
-        return VQVAELoss()  # the VQ-VAE's own loss; num_particles is 1 (its posterior is a point mass)
+        return VQVAELoss()
     if name == "wae":
-        return WAELoss(data_plate=data_plate)  # as vq: num_particles is 1 (one code per datapoint in the MMD)
+        return WAELoss(data_plate=data_plate)
     if name in GRADIENT_ESTIMATORS:
         return GRADIENT_ESTIMATORS[name](num_particles=num_particles, data_plate=data_plate,
                                          max_plate_nesting=max_plate_nesting)
