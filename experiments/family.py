@@ -183,15 +183,16 @@ def run_one(name: str, data, fd, folder: Path, args) -> dict:
         saved_path.write_text(json.dumps(saved, allow_nan=False))
     history = _runs.history(folder)
     elbo, elbo_se = history[-1]["test_elbo"], history[-1]["test_elbo_se"]
+    defined = elbo is not None and math.isfinite(elbo)  # metrics.jsonl writes a -inf ELBO as null (non_finite)
     samples = draw_samples(vae, 100, data, args.seed + 1)
     save_image_grid(samples, data.image_shape, args.out / f"samples_{name}.png", title=f"{name}: E[x | z], z ~ p(z)")
     return {"model": name, "description": MODELS[name].description, "objective": _objective_name(objective),
             "objective_label": elbo_label(objective),
             "parameters": sum(p.numel() for p in vae.parameters()), "epochs": len(history),
             "seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
-            "test_elbo": elbo if math.isfinite(elbo) else None,
-            "test_elbo_se": elbo_se if math.isfinite(elbo) else None,
-            "test_elbo_undefined": None if math.isfinite(elbo) else elbo_undefined_reason(vae, data),
+            "test_elbo": elbo if defined else None,
+            "test_elbo_se": elbo_se if defined else None,
+            "test_elbo_undefined": None if defined else elbo_undefined_reason(vae, data),
             **{k: v for k, v in saved.items() if k not in wanted}, "picture_samples": samples[:10].cpu()}
 
 

@@ -4,6 +4,7 @@ against a hand computation from the same draws, training on MNIST (reconstructio
 resume, the compiled step, the refusals (the ELBOs, the estimator, pairs the loss is not defined for), the
 ELBO of a point mass (-inf), and a pair written as a Pyro user would write it."""
 
+import json
 import math
 import os
 import signal
@@ -149,6 +150,10 @@ def test_an_interrupted_and_resumed_run_is_bitwise_equal(mnist, tmp_path):
     train(wae.model, wae.guide, data, elbo=wae.default_elbo, out=RunFolder(tmp_path / "cut", resume=True), **settings)
     got = params()
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    # metrics.jsonl is strict JSON: the -inf test ELBO as null, named in non_finite
+    lines = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+             for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["test_elbo"], m["non_finite"]) for m in lines] == [(None, {"test_elbo": "-inf"})] * len(lines) != []
 
 
 def test_compiled_step_is_bitwise_eager():

@@ -10,6 +10,7 @@ then a rename), and only by the main process. :func:`load_run` rebuilds a traine
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -113,8 +114,10 @@ class RunFolder:
         self.write_text("config.json", json.dumps(config, indent=2))
 
     def write_metrics(self, history: list[dict]) -> None:
-        """``metrics.jsonl``: one JSON line of metrics per completed epoch."""
-        self.write_text("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        """``metrics.jsonl``: one line of strict JSON per completed epoch. JSON has no word for an
+        infinite or NaN number (a WAE's test ELBO is ``-inf``): such a value is written as ``null``
+        and named in the line's ``non_finite`` map (``{"test_elbo": "-inf"}``)."""
+        self.write_text("metrics.jsonl", "".join(json.dumps(_strict_json(m), allow_nan=False) + "\n" for m in history))
 
     def load_for_resume(self, model, guide, data: Dataset, labels: bool, settings: dict) -> dict:
         """Load ``checkpoint.pt`` into the pair, after checking that it can be resumed with
@@ -209,3 +212,9 @@ def _run_dataset(config: dict, run_dir: Path, device, data_dir, download: bool) 
                          f"{', '.join(DATASETS)}): evaluate it from Python with estimate_log_likelihood")
     likelihood = config.get("likelihood") or config.get("model_config", {}).get("likelihood")
     return load_dataset(name, data_dir, device=device, download=download, binarize=binarize_for(name, likelihood))
+
+
+def _strict_json(metrics: dict) -> dict:
+    """``metrics`` with its non-finite numbers as ``None``, listed under ``non_finite``."""
+    bad = {k: str(v) for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    return {**{k: None if k in bad else v for k, v in metrics.items()}, **({"non_finite": bad} if bad else {})}
