@@ -42,9 +42,11 @@ class ObjectiveRules(NamedTuple):
     max_plate_nesting: float
 
 
-NAMED_RULES = {"baseline": "trace", "stl": "iwae", "iwae-stl": "iwae", "dreg": "iwae", "miwae": "iwae", "piwae": "iwae", "ciwae": "iwae"}
+NAMED_RULES = {"baseline": "trace", "stl": "iwae", "iwae-stl": "iwae", "dreg": "iwae", "miwae": "iwae", "piwae": "iwae",
+               "ciwae": "iwae", "wae-gan": "wae"}
 """The rule set of each objective name that is not a rule set's own name: ``baseline`` is ``trace``
-with baselines; the gradient estimators
+with baselines; ``wae-gan`` (the WAE-GAN pair's label, :class:`~pyro_vae.objectives.wae_gan.WAEGANLoss`)
+is ``wae``; the gradient estimators
 of :mod:`pyro_vae.objectives.gradients` need what ``iwae`` needs (reparameterized guide sites,
 per-datapoint weights at one common scale). Their classes say the same in ``checker_rules``."""
 
