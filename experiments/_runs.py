@@ -67,7 +67,10 @@ def history(path: Path) -> list[dict]:
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         return []
-    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    for h in lines:  # metrics.jsonl writes a non-finite number as null, named in non_finite: back to a float
+        h.update({k: float(v) for k, v in h.pop("non_finite", {}).items()})
+    return lines
 
 
 def is_finished(path: Path, epochs: int) -> bool:

@@ -33,10 +33,10 @@ def _guide_site(guide, x, args, kwargs, site: str | None):
     if name not in sites:
         raise ValueError(f"no latent site {name!r} in the guide; it has {', '.join(sites)}")
     fn = sites[name]["fn"]
-    if fn.support.is_discrete or len(fn.event_shape) != 1 or fn.batch_shape != x.shape[:1]:
+    if fn.support.is_discrete or len(fn.shape()) != 2 or fn.shape()[0] != x.shape[0]:
         raise ValueError(f"the latent-space tools take one continuous vector per datapoint, (batch, latent_dim); guide "
-                         f"site {name!r} is a {type(fn).__name__} with batch shape {tuple(fn.batch_shape)} and event "
-                         f"shape {tuple(fn.event_shape)}{' (discrete)' if fn.support.is_discrete else ''}: not supported")
+                         f"site {name!r} is a {type(fn).__name__} of shape {tuple(fn.shape())}"
+                         f"{' (discrete)' if fn.support.is_discrete else ''}: not supported")
     return name, sites[name]
 
 

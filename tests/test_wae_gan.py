@@ -33,7 +33,9 @@ def test_both_losses_equal_a_direct_computation_and_reach_only_their_own_paramet
     with poutine.trace(param_only=True) as params:
         got = WAEGANLoss(wae.latent_discriminator, lam).differentiable_loss(wae.model, wae.guide, x)
     torch.testing.assert_close(got.double(), reconstruction + lam * F.softplus(-logit(z)).sum(), rtol=1e-5, atol=1e-3)
-    assert {n.split("$$$")[0] for n in params.trace.nodes} >= {"encoder", "decoder", "latent_discriminator"}
+    assert {n.split("$$$")[0] for n in params.trace.nodes} >= {"encoder", "decoder"}
+    adversary = list(wae.latent_discriminator.parameters())  # runs detached: this loss never moves the adversary
+    assert all(g is None for g in torch.autograd.grad(got, adversary, allow_unused=True))
 
     pyro.set_rng_seed(4)
     with poutine.trace(param_only=True) as params:
@@ -64,3 +66,15 @@ def test_the_adversary_pulls_the_aggregate_posterior_towards_the_prior(mnist):
     without, with_adversary = mmd[0.0], mmd[100.0]
     se = (without.mmd2_se ** 2 + with_adversary.mmd2_se ** 2) ** 0.5
     assert with_adversary.mmd2 < without.mmd2 - 4 * se, (without, with_adversary)
+
+
+def test_the_checker_reads_the_wae_gan_label_as_the_waes_rules_and_get_elbo_says_what_to_do():
+    from pyro_vae import ModelGuideError, check_model_guide
+    from pyro_vae.objectives import get_elbo
+
+    wae, x = small_wae_gan(), torch.bernoulli(torch.full((8, 784), 0.3))
+    check_model_guide(wae.model, wae.guide, x, elbo="wae-gan")  # a point-mass guide: allowed under the WAE's rules
+    with pytest.raises(ModelGuideError, match="point mass"):
+        check_model_guide(wae.model, wae.guide, x, elbo="trace")
+    with pytest.raises(ValueError, match=r"not an objective's name but a pair's label.*pair_phases"):
+        get_elbo("wae-gan")

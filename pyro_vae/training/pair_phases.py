@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..models.vaegan import VAEGAN
 from ..models.wae import WAEGAN
 from ..objectives import get_elbo, vaegan_objectives
-from ..objectives.wae_gan import WAEGANLoss, wae_gan_objectives
+from ..objectives.wae_gan import LatentDiscriminatorLoss, WAEGANLoss, wae_gan_objectives
 from ..optim import make_optimizer
 from .phases import TrainingPhase
 
@@ -30,9 +30,11 @@ def pair_phases(vae, objective, num_particles: int = 1, free_bits: float = 0.0) 
         if objective != vae.default_elbo and not isinstance(objective, WAEGANLoss):
             raise ValueError(f"the WAE-GAN trains with its own two objectives (encoder and decoder; latent "
                              f"discriminator), not {objective!r}: drop --elbo (or pass a WAEGANLoss)")
-        lam = {"lam": objective.lam} if isinstance(objective, WAEGANLoss) else {}
-        elbo, discriminator_loss = wae_gan_objectives(vae.latent_discriminator, **lam)
+        if num_particles != 1:
+            raise ValueError(f"the WAE-GAN's loss draws one code per datapoint (a point-mass encoder): num_particles "
+                             f"must be 1, got {num_particles}")
+        elbo = objective if isinstance(objective, WAEGANLoss) else wae_gan_objectives(vae.latent_discriminator)[0]
+        discriminator_loss = LatentDiscriminatorLoss(elbo.latent_discriminator, elbo.lam, elbo.data_plate, elbo.name)
         return elbo, free_bits, [TrainingPhase("latent_discriminator", discriminator_loss,
-                                               make_optimizer("adam", vae.discriminator_lr),
-                                               params="latent_discriminator")]
+                                               make_optimizer("adam", vae.discriminator_lr), params=elbo.name)]
     return objective, free_bits, []

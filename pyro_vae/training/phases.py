@@ -14,7 +14,15 @@ Each loss's gradients reach only the parameters of its own step; the rest are dr
 (:func:`~pyro_vae.training.svi_step`'s ``updates``). A phase's optimizer state is part of every
 checkpoint, so a run with phases resumes bitwise like any other; its mean loss per datapoint over
 the epoch is a metric, ``train_<name>_loss``. A non-finite phase loss or gradient stops the run
-(its step is not applied; ``nonfinite_backoff`` backs off the pair's optimizer only).
+(its step is not applied; ``nonfinite_backoff`` backs off the pair's optimizer only). Phases run after
+an *applied* step of the pair only (a skipped, non-finite step of the pair skips them too). Their
+settings (``config.json``'s ``phases``: names, objectives, owned names, schedule, optimizer class and
+learning rate) must match on resume. A pair that names networks in ``phase_params`` (a GAN's
+discriminator) is refused without a phase owning each of them.
+
+A phase owns what is registered under its own name: ``pyro.module(params, net)`` (entries
+``params$$$...``) or ``pyro.param(params)``. Give each network a name of its own: a submodule of a
+module registered whole (``pyro.module("pair", self)``) or a ``PyroModule``'s parameters cannot be owned.
 """
 
 from __future__ import annotations
@@ -100,18 +108,20 @@ def check_phases(phases, model, guide, objective, example: tuple, named: dict, w
         return
     if world > 1:
         raise ValueError("training phases do not go with distributed training yet: train on one process")
+    reached = {}
     with torch.random.fork_rng(devices=[example[0].device] if example[0].device.type == "cuda" else []):
         for phase in phases:
-            _check_reach(phase, _param_names(phase.objective, model, guide, example, named))
+            loss, params = _param_names(phase.objective, model, guide, example, named)
+            _check_reach(phase, loss, params)
+            reached.update(params)
         _, params = _param_names(objective, model, guide, example, named)
     if not [n for n in params if not any(p.owns(n) for p in phases)]:
         raise ValueError(f"the phases {names} own every parameter the pair's objective reaches: the pair's SVI "
                          "step would update nothing")
-    _check_ownership(phases)
+    _check_ownership(phases, {**reached, **params})
 
 
-def _check_reach(phase, loss_and_params) -> None:
-    loss, params = loss_and_params
+def _check_reach(phase, loss: torch.Tensor, params: dict) -> None:
     if loss.dim() != 0 or not bool(torch.isfinite(loss)):
         raise ValueError(f"training phase {phase.name!r}: its loss on a small batch is {loss}, not a finite scalar "
                          "(nats summed over the minibatch)")
@@ -123,12 +133,13 @@ def _check_reach(phase, loss_and_params) -> None:
                          f"{sorted(params)[:6]}); set params= to the pyro.module name of its networks")
 
 
-def _check_ownership(phases) -> None:
-    """Refuse a tensor of the param store owned by two phases, or by a phase under one name and not under another."""
+def _check_ownership(phases, params: dict) -> None:
+    """Refuse a tensor of ``params`` (by name: those the run's losses reach) owned by two phases, or by a phase
+    under one name and not under another."""
     owners: dict[int, set] = {}
-    for name, value in pyro.get_param_store().named_parameters():
+    for name, value in params.items():
         owners.setdefault(id(value), set()).update({p.name for p in phases if p.owns(name)} or {None})
-    for name, value in pyro.get_param_store().named_parameters():
+    for name, value in params.items():
         if len(owners[id(value)]) > 1:
             raise ValueError(f"parameter {name!r} would be updated by {sorted(map(str, owners[id(value)]))} "
                              "(None: the pair's step): two phases own it, or the tensor is registered under a "
