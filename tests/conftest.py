@@ -67,3 +67,40 @@ def make_vae(state):
 
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def params_now() -> dict:
+    """A copy of every entry of Pyro's param store, by name."""
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def assert_resume_is_bitwise(fresh, data, tmp_path, settings: dict) -> dict:
+    """Train the pair ``fresh()`` builds (with its ``default_elbo``) into ``tmp_path/full``; train it again
+    with a real SIGTERM at the 6th training step (minibatches of 50: the checker's, the evaluation's and the
+    pictures' calls take other sizes) and resume from the checkpoint: the parameters must be bitwise equal.
+    Returns the uninterrupted run's parameters, for the caller's own checks."""
+    import os
+    import signal
+
+    from pyro_vae import train
+    from pyro_vae.training import RunFolder, TrainingInterrupted
+
+    vae = fresh()
+    train(vae.model, vae.guide, data, elbo=vae.default_elbo, out=RunFolder(tmp_path / "full"), **settings)
+    expected = params_now()
+    vae, calls = fresh(), [0]
+
+    def model(x):
+        calls[0] += len(x) == 50
+        if calls[0] == 6 and len(x) == 50:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return vae.model(x)
+
+    with pytest.raises(TrainingInterrupted):
+        train(model, vae.guide, data, elbo=vae.default_elbo, out=RunFolder(tmp_path / "cut"), **settings)
+    vae = fresh()
+    torch.manual_seed(1234)  # the resumed run's draws come from the checkpoint's RNG state, not this one
+    train(vae.model, vae.guide, data, elbo=vae.default_elbo, out=RunFolder(tmp_path / "cut", resume=True), **settings)
+    got = params_now()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    return expected

@@ -11,14 +11,13 @@ a run with a neural baseline resumes bitwise.
 
 import itertools
 import math
-import os
-import signal
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_resume_is_bitwise
 from pyro import poutine
 
 from pyro_vae import check_model_guide, estimate_log_likelihood, evaluate_elbo, train
@@ -27,7 +26,6 @@ from pyro_vae.models.bernoulli import BernoulliVAE
 from pyro_vae.models.concrete import ConcreteVAE, TemperatureSchedule
 from pyro_vae.objectives import Trace_ELBO, get_elbo
 from pyro_vae.objectives.baselines import TraceBaseline_ELBO
-from pyro_vae.training import RunFolder, TrainingInterrupted
 
 # -- a tiny model with closed forms: 3 Bernoulli latents, a Gaussian likelihood with fixed weights ------------
 
@@ -366,25 +364,5 @@ def test_an_interrupted_and_resumed_run_with_a_neural_baseline_is_bitwise_equal(
         pyro.set_rng_seed(0)
         return BernoulliVAE(784, latent_dim=4, hidden_dim=16, baseline="neural", prior="learned")
 
-    def params():
-        return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
-
-    vae = small()
-    train(vae.model, vae.guide, data, elbo=vae.default_elbo, out=RunFolder(tmp_path / "full"), **settings)
-    expected = params()
+    expected = assert_resume_is_bitwise(small, data, tmp_path, settings)
     assert any("baseline_net" in k for k in expected)  # the baseline is in the checkpoints
-    vae, calls = small(), [0]
-
-    def model(x):  # a real SIGTERM at the 6th training step (epoch 2 of 4 steps each); other calls take other sizes
-        calls[0] += len(x) == 50
-        if calls[0] == 6 and len(x) == 50:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return vae.model(x)
-
-    with pytest.raises(TrainingInterrupted):
-        train(model, vae.guide, data, elbo=vae.default_elbo, out=RunFolder(tmp_path / "cut"), **settings)
-    vae = small()
-    torch.manual_seed(1234)
-    train(vae.model, vae.guide, data, elbo=vae.default_elbo, out=RunFolder(tmp_path / "cut", resume=True), **settings)
-    got = params()
-    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)

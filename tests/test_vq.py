@@ -5,14 +5,13 @@ training step (never by evaluating the loss), training on MNIST, bitwise resume 
 the checker, and the log-likelihood estimator's refusal of a point-mass proposal."""
 
 import math
-import os
-import signal
 import warnings
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import assert_resume_is_bitwise
 
 from pyro_vae import ModelGuideError, check_model_guide, estimate_log_likelihood, evaluate_elbo, train
 from pyro_vae.check.objective_rules import rules_of
@@ -21,7 +20,6 @@ from pyro_vae.models.quantizer import NearestCode, VectorQuantizer
 from pyro_vae.models.vq import VQVAE
 from pyro_vae.objectives import get_elbo
 from pyro_vae.objectives.vq import VQVAELoss, codebook_perplexity, codebook_usage, evaluate_vq
-from pyro_vae.training import RunFolder, TrainingInterrupted
 from pyro_vae.training.compiled import CompiledStepWarning
 
 SMALL = {"num_codes": 16, "latent_dim": 4, "hidden_dim": 8}
@@ -311,33 +309,9 @@ def _per_datapoint_reconstruction(vq, x):
 def test_an_interrupted_and_resumed_run_with_ema_and_restarts_is_bitwise_equal(mnist, tmp_path):
     data = mnist.subset(num_train=200, num_test=20)
     settings = {"epochs": 2, "batch_size": 50, "progress": False, "step": "eager", "lr": 3e-3}
-
-    def params():
-        return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
-
-    def fresh():
-        return small_vq(ema=True, restart_after=2)
-
-    vq = fresh()
-    train(vq.model, vq.guide, data, elbo=vq.default_elbo, out=RunFolder(tmp_path / "full"), **settings)
-    expected = params()
+    expected = assert_resume_is_bitwise(lambda: small_vq(ema=True, restart_after=2), data, tmp_path, settings)
     assert {"quantizer$$$ema_count", "quantizer$$$ema_sum", "quantizer$$$unused_steps"} <= set(expected)
     assert (tmp_path / "full" / "samples.png").is_file() and (tmp_path / "full" / "reconstructions.png").is_file()
-    vq, calls = fresh(), [0]
-
-    def model(x):  # a real SIGTERM at the 6th training step (epoch 2 of 4 steps each)
-        calls[0] += len(x) == 50  # the checker's, the evaluation's and the pictures' calls take other sizes
-        if calls[0] == 6 and len(x) == 50:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return vq.model(x)
-
-    with pytest.raises(TrainingInterrupted):
-        train(model, vq.guide, data, elbo=vq.default_elbo, out=RunFolder(tmp_path / "cut"), **settings)
-    vq = fresh()
-    torch.manual_seed(1234)
-    train(vq.model, vq.guide, data, elbo=vq.default_elbo, out=RunFolder(tmp_path / "cut", resume=True), **settings)
-    got = params()
-    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 def test_compiled_step_is_bitwise_eager_and_state_runs_eager():
