@@ -10,6 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import Unit
@@ -234,7 +235,7 @@ class _Sampler:
         bounds = {k: [] for k in self.group_sizes}
         bar = tqdm(total=plan.num_mine(), desc=f"log p(x), K={self.num_samples}", unit="pt",
                    disable=not progress)
-        with torch.no_grad():
+        with torch.no_grad(), pyro.validation_enabled(False):  # validated once, up front (check_model_guide)
             for b in plan.mine:
                 if plan.seeds is not None:
                     seed_minibatch(plan.seeds[b], data.device)
