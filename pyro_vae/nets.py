@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "mlp"]
+__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "mlp", "one_hot"]
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -21,6 +21,16 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(n_in, n_out), nn.Tanh()]
     return nn.Sequential(*layers)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype, name: str = "labels") -> torch.Tensor:
+    """``(..., num_classes)`` one-hot codes, of ``dtype``, of the integer class indices ``labels``
+    ``(...)``. Raises ``ValueError`` (naming them ``name``) on an index outside ``[0, num_classes)``:
+    here in eager, and in a recorded step by its index guard (:mod:`pyro_vae.recorded`)."""
+    try:
+        return nn.functional.one_hot(labels, num_classes).to(dtype)
+    except RuntimeError as error:
+        raise ValueError(f"{name} must be integers in [0, {num_classes}): {error}") from None
 
 
 def _widths(hidden_dim: int | Sequence[int]) -> list[int]:

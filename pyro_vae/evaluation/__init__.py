@@ -34,7 +34,7 @@ Fréchet distance in a small self-trained classifier's feature space, not the In
 """
 
 from .comparison import PairedComparison, data_fingerprint
-from .estimator import DEFAULT_BOUND_KS, estimate_log_likelihood, estimated_quantity, evaluate_elbo
+from .estimator import DEFAULT_BOUND_KS, estimate_log_likelihood, evaluate_elbo
 from .frechet import (
     FeatureNet,
     feature_moments,
@@ -43,6 +43,7 @@ from .frechet import (
     sample_frechet_distance,
     train_feature_classifier,
 )
+from .quantity import estimated_quantity
 from .result import LogLikelihoodResult
 
 __all__ = ["DEFAULT_BOUND_KS", "FeatureNet", "LogLikelihoodResult", "PairedComparison", "data_fingerprint",

@@ -42,7 +42,7 @@ class LogLikelihoodResult:
             datapoints (``None`` for a result made by hand); :meth:`compare` pairs only results
             with equal fingerprints.
         quantity: what was estimated, as the model states it
-            (:func:`~pyro_vae.evaluation.estimator.estimated_quantity`): ``"log p(x)"``, or
+            (:func:`~pyro_vae.evaluation.quantity.estimated_quantity`): ``"log p(x)"``, or
             ``"log p(x | y)"`` for a pair given per-datapoint inputs it does not observe,
             ``"log p(x, y)"`` for one that observes ``y`` too. Reports written before it was
             recorded load as ``"log p(x)"``.

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..nets import MLPDecoder, MLPEncoder
+from ..nets import MLPDecoder, MLPEncoder, one_hot
 from .single import SingleLatentVAE
 
 __all__ = ["ConditionalVAE"]
@@ -41,9 +40,9 @@ class ConditionalVAE(SingleLatentVAE):
                              "(train(..., labels=True) with a data set that has labels)")
         if y.shape != x.shape[:1]:
             raise ValueError(f"labels y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-        if y.dtype.is_floating_point or y.min() < 0 or y.max() >= self.num_classes:
-            raise ValueError(f"labels y must be integers in [0, {self.num_classes})")
-        return F.one_hot(y, self.num_classes).to(x.dtype)
+        if y.dtype.is_floating_point:
+            raise ValueError(f"labels y must be integers in [0, {self.num_classes}), got {y.dtype}")
+        return one_hot(y, self.num_classes, x.dtype, name="labels y")
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """p(z) p(x | z, y) for ``x`` ``(batch, data_dim)`` and integer labels ``y`` ``(batch,)``."""

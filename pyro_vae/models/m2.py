@@ -29,11 +29,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
-from ..nets import MLPDecoder, MLPEncoder
+from ..nets import MLPDecoder, MLPEncoder, one_hot
 from .base import PairModule
 
 __all__ = ["SemiSupervisedVAE"]
@@ -120,7 +119,7 @@ class SemiSupervisedVAE(PairModule):
         return torch.where(labelled, known, guess)
 
     def _one_hot(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(y, self.num_classes).to(like.dtype)
+        return one_hot(y, self.num_classes, like.dtype, name="classes y")
 
 
 def _join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,7 @@ module             what it holds
 =================  ===========================================================================
 ``step``           the SVI step: loss, gradients, finiteness check, one optimizer update
 ``step_mode``      which step a run takes: ``step="auto"`` (default), ``"eager"``, ``"compiled"``
-``compiled``       the same step recorded once and compiled (``train(..., step="compiled")``)
-``recording``      what recording a step finds out about the pair: parameters, sites, failures
+``compiled``       the same step recorded once and compiled (``train(..., step="compiled")``; :mod:`pyro_vae.recorded`)
 ``state``          the run state: position in the run, RNG states, what a checkpoint holds
 ``checkpoint``     the checkpoint file: written atomically, loaded without running code
 ``run_folder``     the run folder: config.json, metrics.jsonl, checkpoints; load_run

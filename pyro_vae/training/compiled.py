@@ -18,10 +18,12 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
    param store's own tensors (the nets hold the same objects), the step counts, the 0-d tensors
    the pair reads (the KL warm-up factor, refilled before every step) and the minibatch (its named
    per-datapoint arguments too, in a fixed order).
-2. *Noise as inputs*: each parameter-free draw (``empty`` + ``normal_``/``uniform_``, what
-   ``Normal.rsample`` does) is cut out of the graph and drawn eagerly before each replay by the
-   same call, so the global torch RNG advances exactly as in an eager run: checkpoints and resume
-   work unchanged (a resumed compiled run is bitwise equal to an uninterrupted one).
+2. *Noise as inputs* (:func:`pyro_vae.recorded.record`): each parameter-free draw (``empty`` +
+   ``normal_``/``uniform_``, what ``Normal.rsample`` does; ``rand``/``randn``) is cut out of the graph
+   and drawn eagerly before each replay by the same call, so the global torch RNG advances exactly
+   as in an eager run: checkpoints and resume work unchanged (a resumed compiled run is bitwise
+   equal to an uninterrupted one). ``F.one_hot``'s range check is kept as a graph output: a
+   minibatch with a class index out of range is not applied and raises ``ValueError``.
 3. *Compile*: inductor (``compile_fx``, no dynamo, no guards) fuses the graph into a few C++
    kernels; ``backend="replay"`` instead replays the graph op by op (bitwise equal to eager, no
    faster; for tests).
@@ -39,7 +41,7 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
 the eager step on the same optimizer state. A pair whose step cannot be recorded (a Python read
 of a tensor's value: ``if x.mean() > c``, ``.item()``; so Pyro's own ``Trace_ELBO`` objects and
 ``TraceEnum_ELBO``'s Dice expectation) or fails the check runs eager, with one warning line saying
-why and where (:mod:`.recording`). Python state that is not a tensor input (an annealed float attribute) is
+why and where (:func:`pyro_vae.recorded.failure_reason`). Python state that is not a tensor input (an annealed float attribute) is
 frozen at its recorded value; the check catches it only if it changed before the check. Which
 runs take this step: :mod:`.step_mode`. Compiling costs 10-60 s once per run (cached by inductor).
 """
@@ -54,13 +56,13 @@ import torch
 
 from .. import distributed
 from ..optim import FusedOptim
-from ..pyro_internals import fused_adagrad_step, fused_adam_step, inductor_compile, make_aten_graph
-from .recording import _cuda, _first_difference, _reason, pair_params, site_structure
+from ..pyro_internals import fused_adagrad_step, fused_adam_step
+from ..recorded import (BACKENDS, cuda_devices, failure_reason, first_difference, index_guard, pair_params, record,
+                        site_structure)
 from .step import _total_norm, svi_step
 
 __all__ = ["BACKENDS", "CHECK_RTOL", "UPDATES", "CompiledSVIStep", "CompiledStepWarning"]
 
-BACKENDS = ("inductor", "replay")
 CHECK_RTOL = 1e-5
 """Loss tolerance of the check, relative. Inductor reorders float32 sums: the prototype measured
 relative differences of 7e-8 on the loss (1e-7 on gradients); 1e-5 leaves a 100x margin, while
@@ -75,13 +77,6 @@ tensors besides ``step``, the fused kernel's update). Adam without amsgrad."""
 
 class CompiledStepWarning(RuntimeWarning):
     """The one line saying why a compiled step runs eager for a pair."""
-
-
-_aten = torch.ops.aten
-_FILLS = {_aten.normal_.default: (0.0, 1.0), _aten.uniform_.default: (0.0, 1.0)}
-_FRESH = {_aten.rand.default: _aten.uniform_.default, _aten.randn.default: _aten.normal_.default}
-"""``torch.rand``/``randn`` (a relaxed categorical's Gumbel noise): drawn as ``empty().uniform_()``/``normal_()``."""
-_EMPTY = {_aten.empty.memory_format, _aten.empty_strided.default}
 
 
 def _key(tensors) -> tuple:
@@ -117,7 +112,7 @@ class CompiledSVIStep:
         self.loss_fn, self.optim, self.backend = loss_fn.module if ddp else loss_fn, optim, backend
         self.extra, self.fills = [t for t, _ in inputs], [value for _, value in inputs]
         self.fn, self.key, self.reason, self.replays, self.names = None, None, None, 0, ()
-        self.noise: list[tuple] = []  # (shape, dtype, device, fill op, (a, b)) of each cut-out draw
+        self.recorded = None  # the RecordedGraph: its cut-out draws
 
     def record(self, batch: tuple, check: tuple, names: tuple = ()) -> CompiledSVIStep:
         """Record and compile the step for minibatches shaped like ``batch`` (``(x, *args,
@@ -132,7 +127,7 @@ class CompiledSVIStep:
             self._check(batch, check)
         except Exception as error:  # noqa: BLE001 -- any failure means: run eager, and say why
             self.fn, self.key = None, None
-            self.reason = _reason(error)
+            self.reason = failure_reason(error)
         if self.world > 1 and not distributed.all_true(self.fn is not None) and self.fn is not None:
             self.fn, self.key = None, None  # every process takes the same step, or the collectives would hang
             self.reason = "another process could not record or check the step (its warning says why)"
@@ -161,29 +156,28 @@ class CompiledSVIStep:
             raise RuntimeError("the FusedOptim rebuilt its torch optimizer after the step was recorded (new "
                                "parameters): the compiled step would update stale state")
         with torch.no_grad():
-            out = self.fn(*self.inputs, *batch, *self.draw_noise())
-            grads, found_inf = list(out[3:]), out[2]
+            out = self.fn(*self.inputs, *batch, *self.recorded.draw_noise())
+            grads, found_inf = list(out[4:]), out[2]
             if self.world > 1:  # the whole minibatch's gradient; a step is applied where every process's is finite
                 grads, found_inf = distributed.sum_gradients(grads, found_inf)
                 torch._foreach_add_(self.steps, 1.0 - found_inf)
             self.update(self.params, grads, *self.moments, self.steps, self.torch_optim.param_groups[0],
                         found_inf=found_inf)
         self.replays += 1
-        return out[0], bool(found_inf == 0)
+        applied = bool(found_inf == 0)
+        if not applied and bool(out[3]):
+            raise ValueError("a class index given to F.one_hot in this minibatch lies outside [0, num_classes) "
+                             "(labels out of range?); the step was not applied")
+        return out[0], applied
 
     def _fill(self) -> None:
         for tensor, value in zip(self.extra, self.fills):
             tensor.fill_(value())
 
-    def draw_noise(self) -> list[torch.Tensor]:
-        """The cut-out draws, eagerly, in the recorded order (the eager step's RNG consumption)."""
-        return [torch.empty(shape, dtype=dtype, device=device).normal_(a, b) if op is _aten.normal_.default
-                else torch.empty(shape, dtype=dtype, device=device).uniform_(a, b)
-                for shape, dtype, device, op, (a, b) in self.noise]
-
     def _body(self, *flat):
-        """The eager step body that ``make_fx`` records: ``(loss, finite, found_inf, *grads)``;
-        the optimizer's step counts advance by ``finite`` (as ``Adam(fused=True)`` with ``found_inf``)."""
+        """The eager step body that ``make_fx`` records: ``(loss, finite, found_inf, bad_index, *grads)``;
+        the optimizer's step counts advance by ``finite`` (as ``Adam(fused=True)`` with ``found_inf``);
+        a class index out of range (:func:`~pyro_vae.recorded.index_guard`) makes the step not finite."""
         n = len(self.params)
         params, steps, args = flat[:n], flat[n:2 * n], flat[2 * n + len(self.extra):]
         loss = self._call_loss(*args)
@@ -192,10 +186,11 @@ class CompiledSVIStep:
             raise ValueError(f"{sum(g is None for g in grads)} of the {n} parameters get no gradient in the "
                              "recorded step (a net whose tensors are not the param store's?)")
         with torch.no_grad():
-            finite = torch.isfinite(loss.detach()) & torch.isfinite(_total_norm(list(grads)))
+            bad_index = index_guard().to(loss.device)
+            finite = torch.isfinite(loss.detach()) & torch.isfinite(_total_norm(list(grads))) & ~bad_index
             for s in steps if self.world == 1 else ():  # several processes: after they agree (_replay)
                 s.add_(finite.to(s.dtype))
-        return (loss.detach(), finite, (~finite).to(torch.float32), *grads)
+        return (loss.detach(), finite, (~finite).to(torch.float32), bad_index, *grads)
 
     def _record(self, batch: tuple) -> None:
         split = len(batch) - len(self.names)
@@ -215,49 +210,10 @@ class CompiledSVIStep:
         self.moments = [[s[name] for s in states] for name in names]
         self.inputs = [p.detach() for p in self.params] + self.steps + self.extra
         with self._restoring(batch), pyro.validation_enabled(False):
-            gm = make_aten_graph(self._body, *self.params, *self.steps, *self.extra, *batch)
-        self._cut_out_noise(gm)
-        random = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function"
-                         and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ())})
-        if random:
-            raise ValueError(f"random ops inside the step other than parameter-free normal/uniform fills "
-                             f"({', '.join(random)}): their draws would not follow the eager order")
-        example = [t.detach() for t in (*self.inputs, *batch)] + [torch.zeros(s, dtype=d, device=dev)
-                                                                   for s, d, dev, _, _ in self.noise]
+            self.recorded = record(self._body, *self.params, *self.steps, *self.extra, *batch)
         with self._restoring(batch):
-            self.fn = gm if self.backend == "replay" else inductor_compile(gm, example)
+            self.fn = self.recorded.compile(self.backend, [*self.inputs, *batch])
         self.key = _key(batch)
-
-    def _cut_out_noise(self, gm) -> None:
-        """Replace each ``normal_``/``uniform_`` fill of a fresh ``empty`` buffer, and each ``rand``/``randn``,
-        by a graph input."""
-        graph = gm.graph
-        last = [n for n in graph.nodes if n.op == "placeholder"][-1]
-        for node in list(graph.nodes):
-            if node.target in _FRESH and not node.kwargs.get("generator"):
-                last = self._noise_input(graph, node, last, tuple(node.args[0]), _FRESH[node.target], (0.0, 1.0),
-                                         node.kwargs)
-                continue
-            buf = node.args[0] if node.target in _FILLS else None
-            if buf is None or buf.target not in _EMPTY or len(buf.users) != 1 or node.kwargs.get("generator"):
-                continue  # not a fill, or a fill of a live tensor: stays (and is refused as random)
-            a, b = (list(node.args[1:]) + list(_FILLS[node.target]))[:2]
-            a = node.kwargs.get("mean", node.kwargs.get("from", a))
-            b = node.kwargs.get("std", node.kwargs.get("to", b))
-            last = self._noise_input(graph, node, last, tuple(buf.args[0]), node.target, (a, b), buf.kwargs)
-            graph.erase_node(buf)
-        graph.lint()
-        gm.recompile()
-
-    def _noise_input(self, graph, node, last, shape: tuple, fill, bounds: tuple, kwargs: dict):
-        """Replace the draw ``node`` by a new graph input after ``last`` (returned), recorded in ``self.noise``."""
-        with graph.inserting_after(last):
-            last = graph.placeholder(f"noise_{len(self.noise)}")
-        node.replace_all_uses_with(last)
-        graph.erase_node(node)
-        self.noise.append((shape, kwargs.get("dtype") or torch.get_default_dtype(),
-                           kwargs.get("device") or torch.device("cpu"), fill, bounds))
-        return last
 
     def _check(self, batch: tuple, check: tuple) -> None:
         """The pair's sites on two minibatches, then the recorded graph against the eager loss and
@@ -267,11 +223,11 @@ class CompiledSVIStep:
                       for b in (batch, check)]
         if structures[0] != structures[1]:
             raise ValueError("the pair's sites differ between two minibatches of the same shape ("
-                             f"{_first_difference(*structures)}): its structure depends on the data")
+                             f"{first_difference(*structures)}): its structure depends on the data")
         with self._restoring(batch):
             rng = torch.get_rng_state()
             with torch.no_grad():
-                out = self.fn(*self.inputs, *check, *self.draw_noise())
+                out = self.fn(*self.inputs, *check, *self.recorded.draw_noise())
             torch.set_rng_state(rng)
             with pyro.validation_enabled(False), torch.enable_grad():
                 loss = self._call_loss(*check)
@@ -281,7 +237,7 @@ class CompiledSVIStep:
             raise ValueError(f"the recorded step's loss on another minibatch is {recorded!r}, the eager step's "
                              f"{eager!r} (beyond rtol {CHECK_RTOL:g}): the pair reads something that is not an "
                              "input of the step (a Python number, a tensor of its own, a branch)")
-        diff = _total_norm([g - r for g, r in zip(out[3:], grads)])
+        diff = _total_norm([g - r for g, r in zip(out[4:], grads)])
         if not float(diff) <= 10 * CHECK_RTOL * float(_total_norm(list(grads))):
             raise ValueError(f"the recorded step's gradients on another minibatch differ from the eager ones "
                              f"by {float(diff):g} in norm (beyond rtol {10 * CHECK_RTOL:g})")
@@ -292,7 +248,7 @@ class CompiledSVIStep:
         counts and the RNG streams."""
         saved = [t.detach().clone() for t in (*self.params, *self.steps)]
         try:
-            with torch.random.fork_rng(devices=_cuda(batch)):
+            with torch.random.fork_rng(devices=cuda_devices(batch)):
                 yield
         finally:
             with torch.no_grad():
