@@ -225,10 +225,8 @@ class CompiledSVIStep:
             raise ValueError("the pair's sites differ between two minibatches of the same shape ("
                              f"{first_difference(*structures)}): its structure depends on the data")
         with self._restoring(batch):
-            rng = torch.get_rng_state()
-            with torch.no_grad():
+            with torch.random.fork_rng(devices=cuda_devices(batch)), torch.no_grad():  # eager draws the same noise
                 out = self.fn(*self.inputs, *check, *self.recorded.draw_noise())
-            torch.set_rng_state(rng)
             with pyro.validation_enabled(False), torch.enable_grad():
                 loss = self._call_loss(*check)
                 grads = torch.autograd.grad(loss, self.params)
