@@ -29,7 +29,8 @@ from .pyro_internals import (
     set_pending_optim_state,
 )
 
-__all__ = ["OPTIMIZERS", "FusedOptim", "build_torch_optimizer", "make_optimizer", "scale_learning_rate", "set_learning_rate"]
+__all__ = ["OPTIMIZERS", "FusedOptim", "build_torch_optimizer", "fused_adagrad_step", "fused_adam_step", "make_optimizer",
+           "scale_learning_rate", "set_learning_rate"]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 _IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
@@ -146,3 +147,24 @@ def make_optimizer(name: str, lr: float) -> FusedOptim:
     if name not in OPTIMIZERS:
         raise unknown_name("optimizer", name, tuple(OPTIMIZERS))
     return FusedOptim(OPTIMIZERS[name], {"lr": lr})
+
+
+def fused_adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, group: dict, found_inf) -> None:
+    """One update of torch's fused Adam kernel (``torch._fused_adam_``, what
+    ``torch.optim.Adam(fused=True).step()`` calls) with the hyper-parameters of the param
+    ``group``; skipped where ``found_inf`` (a float 0-d tensor) is 1. ``steps`` must already count
+    this step (``Adam`` adds 1 before the kernel)."""
+    beta1, beta2 = group["betas"]
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                       maximize=group["maximize"], found_inf=found_inf)
+
+
+def fused_adagrad_step(params, grads, state_sums, steps, group: dict, found_inf) -> None:
+    """One update of torch's fused Adagrad kernel (``torch._fused_adagrad_``, what
+    ``torch.optim.Adagrad(fused=True).step()`` calls) with the hyper-parameters of the param
+    ``group``; skipped where ``found_inf`` (a float 0-d tensor) is 1. ``steps`` must already count
+    this step (``Adagrad`` adds 1 before the kernel)."""
+    torch._fused_adagrad_(params, grads, state_sums, steps, lr=group["lr"], lr_decay=group["lr_decay"],
+                          weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                          grad_scale=None, found_inf=found_inf)

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .check.idioms import SiteRecorder
-from .pyro_internals import MessageHook, inductor_compile, make_aten_graph, unconstrained_param
+from .pyro_internals import MessageHook, unconstrained_param
 
 __all__ = ["BACKENDS", "RecordedGraph", "cuda_devices", "failure_reason", "first_difference", "index_guard",
-           "pair_params", "record", "site_structure"]
+           "inductor_compile", "make_aten_graph", "pair_params", "record", "site_structure"]
 
 BACKENDS = ("inductor", "replay")
 """``"inductor"``: compiled into fused kernels; ``"replay"``: the recorded graph op by op (bitwise
@@ -46,6 +46,29 @@ _FILLS = {_aten.normal_.default: (0.0, 1.0), _aten.uniform_.default: (0.0, 1.0)}
 _FRESH = {_aten.rand.default: _aten.uniform_.default, _aten.randn.default: _aten.normal_.default}
 _EMPTY = {_aten.empty.memory_format, _aten.empty_strided.default}
 _ONE_HOT = (F.one_hot, torch._C._nn.one_hot)
+
+
+def make_aten_graph(fn, *inputs):
+    """``fn(*inputs)`` run once for real and recorded as an aten-level ``torch.fx.GraphModule``
+    over flat positional inputs (``make_fx``, real tracing mode, backward included); raises
+    ``RuntimeError`` on a Python read of a value that depends on an input (``.item()``, ``bool``)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(fn)(*inputs)
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # flat positional inputs, no pytree spec
+    gm.recompile()
+    return gm
+
+
+def inductor_compile(gm, example_inputs: list):
+    """The aten graph ``gm`` compiled by inductor (``torch._inductor.compile_fx``, no dynamo, no
+    guards) for inputs shaped like ``example_inputs``; random ops left in the graph call aten's
+    generator (``fallback_random``). Returns a callable taking the inputs positionally."""
+    from torch._inductor import config
+    from torch._inductor.compile_fx import compile_fx
+
+    with config.patch(fallback_random=True):
+        return compile_fx(gm, example_inputs)
 
 
 class _IndexGuards(TorchFunctionMode):

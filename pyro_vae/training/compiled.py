@@ -55,8 +55,7 @@ import pyro
 import torch
 
 from .. import distributed
-from ..optim import FusedOptim
-from ..pyro_internals import fused_adagrad_step, fused_adam_step
+from ..optim import FusedOptim, fused_adagrad_step, fused_adam_step
 from ..recorded import (BACKENDS, cuda_devices, failure_reason, first_difference, index_guard, pair_params, record,
                         site_structure)
 from .step import _total_norm, svi_step
