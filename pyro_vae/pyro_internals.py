@@ -13,17 +13,26 @@ Checked against pyro-ppl 1.9.2 (``pyro-ppl>=1.9,<1.10`` in ``pyproject.toml``).
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
+from opt_einsum import shared_intermediates
 from pyro.distributions.util import is_identically_zero as _is_identically_zero
 from pyro.distributions.util import scale_and_mask as _scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.infer.traceenum_elbo import _compute_dice_elbo
+from pyro.infer.traceenum_elbo import _compute_model_factors
+from pyro.infer.util import Dice as _Dice
 from pyro.infer.util import MultiFrameTensor as _MultiFrameTensor
+from pyro.infer.util import _fulldot
 from pyro.infer.util import torch_item as _torch_item
 from pyro.poutine.messenger import Messenger
+from pyro.ops import packed as _packed
+from pyro.ops.contract import contract_tensor_tree as _contract_tensor_tree
+from pyro.ops.einsum.adjoint import require_backward as _require_backward
+from pyro.ops.rings import MarginalRing as _MarginalRing
+from pyro.ops.rings import SampleRing as _SampleRing
 from pyro.poutine.util import site_is_subsample as _site_is_subsample
 
 __all__ = [
@@ -32,13 +41,9 @@ __all__ = [
     "compute_dice_elbo",
     "compute_log_r",
     "elbo_traces",
-    "fused_adagrad_step",
-    "fused_adam_step",
-    "inductor_compile",
     "is_deterministic",
     "is_identically_zero",
     "log_r_sum_to",
-    "make_aten_graph",
     "optim_args",
     "optim_constructor",
     "pending_optim_state",
@@ -108,8 +113,75 @@ def compute_dice_elbo(model_trace, guide_trace):
     (:func:`elbo_traces` of a ``TraceEnum_ELBO``): enumerated sites summed out, the other sites'
     score-function terms in Dice form; a tensor whose value is the ELBO (nats, summed over the
     batch as the sites are scaled) and whose gradient is the estimator's; the number 0 for an
-    empty trace."""
-    return _compute_dice_elbo(model_trace, guide_trace)
+    empty trace.
+
+    Pyro's ``_compute_dice_elbo`` (pyro-ppl 1.9.2), with one change in the Dice expectation
+    (:class:`_WhereDice`): terms of zero probability are dropped by ``torch.where`` instead of a
+    host test ``mask.all()`` and ``masked_select``, so the step reads nothing on the host (it can be
+    recorded, and a GPU step does not wait). Same value; bit for bit where every probability is
+    positive (the usual case)."""
+    marginal_costs, log_factors, ordering, sum_dims, scale = _compute_model_factors(model_trace, guide_trace)
+    if log_factors:
+        dim_to_size = {}
+        for terms in log_factors.values():
+            for term in terms:
+                dim_to_size.update(zip(term._pyro_dims, term.shape))
+        with shared_intermediates() as cache:
+            ring = _SampleRing(cache=cache, dim_to_size=dim_to_size)
+            log_factors = _contract_tensor_tree(log_factors, sum_dims, ring=ring)
+            model_trace._sharing_cache = cache  # as Pyro (TraceEnumSample_ELBO reads it)
+        for t, terms in log_factors.items():
+            marginal_costs.setdefault(t, []).extend(_packed.scale_and_mask(term, scale=scale) for term in terms)
+    for name, site in guide_trace.nodes.items():  # the guide's costs
+        if site["type"] == "sample":
+            marginal_costs.setdefault(ordering[name], []).append(_packed.neg(site["packed"]["log_prob"]))
+    return _WhereDice(guide_trace, ordering).compute_expectation(marginal_costs)
+
+
+class _WhereDice(_Dice):
+    """Pyro's ``Dice`` whose expectation has no host read (:func:`compute_dice_elbo`)."""
+
+    def compute_expectation(self, costs):
+        """The differentiable expected cost: the sum over ordinals of ``prob * cost``."""
+        expected_cost = 0.0
+        with shared_intermediates() as cache:
+            ring = _MarginalRing(cache=cache)
+            for ordinal, cost_terms in costs.items():
+                scale, probs = self._marginals(ring, ordinal, cost_terms)
+                for cost in cost_terms:
+                    prob = probs[frozenset(cost._pyro_dims)]
+                    cost, prob = _packed.broadcast_all(cost, prob)
+                    cost = torch.where(prob > 0, cost, torch.zeros_like(cost))  # Pyro's mask, without 0 * inf
+                    expected_cost = expected_cost + scale * _fulldot(prob, cost)
+        return expected_cost
+
+    def _marginals(self, ring, ordinal, cost_terms) -> tuple[float, dict]:
+        """The constant scale of ``ordinal``'s log factors, and the marginal probability of each
+        cost term's dims (by ``frozenset`` of dims), as Pyro's ``Dice.compute_expectation``."""
+        log_factors = self._get_log_factors(ordinal)
+        scale = math.exp(sum(x for x in log_factors if not isinstance(x, torch.Tensor)))
+        log_factors = [x for x in log_factors if isinstance(x, torch.Tensor)]
+        queries = {frozenset(cost._pyro_dims): None for cost in cost_terms}
+        for log_factor in log_factors:
+            key = frozenset(log_factor._pyro_dims)
+            if queries.get(key, False) is None:
+                queries[key] = log_factor
+        for cost in cost_terms:  # a query for each cost term
+            key = frozenset(cost._pyro_dims)
+            if queries[key] is None:
+                query = torch.zeros_like(cost)
+                query._pyro_dims = cost._pyro_dims
+                log_factors.append(query)
+                queries[key] = query
+        sum_dims = set().union(*(x._pyro_dims for x in log_factors)) - ordinal
+        for query in queries.values():
+            _require_backward(query)
+        ring.sumproduct(log_factors, sum_dims)._pyro_backward()
+        probs = {}
+        for key, query in queries.items():
+            probs[key] = query._pyro_backward_result.exp()
+            probs[key]._pyro_dims = query._pyro_dims
+        return scale, probs
 
 
 def log_r_sum_to(log_r, site):
