@@ -158,7 +158,7 @@ def record(fn, *inputs) -> RecordedGraph:
     random = sorted({str(n.target) for n in recorded.graph.graph.nodes if n.op == "call_function"
                      and torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ())})
     if random:
-        raise ValueError(f"random ops inside the step other than parameter-free normal/uniform fills "
+        raise ValueError(f"random ops other than parameter-free normal/uniform fills "
                          f"({', '.join(random)}): their draws would not follow the eager order")
     return recorded
 

@@ -479,7 +479,7 @@ def test_the_cli_takes_step_and_lets_a_resume_change_it():
 
 # the shipped pairs under the compiled step: which record, which run eager and the reason they give
 _READS = "reads a tensor's value in Python at "
-_RANDOM = r"random ops inside the step other than parameter-free normal/uniform fills \(aten\.{}\.default\)"
+_RANDOM = r"random ops other than parameter-free normal/uniform fills \(aten\.{}\.default\)"
 SHIPPED_FALLBACKS = {
     # score function: the bits are drawn by torch.bernoulli from the encoder's probabilities, not a noise fill
     "bernoulli": _RANDOM.format("bernoulli"),

@@ -160,3 +160,44 @@ def test_auto_compiles_large_estimates_only_and_bad_values_are_refused():
     assert use_compiled("replay", 1) == "replay"
     with pytest.raises(ValueError, match="compiled must be True, False, 'auto' or 'replay', got 'yes'"):
         use_compiled("yes", 1)
+
+
+# the shipped pairs under the compiled chunk: recorded, bit for bit; or run eager, naming why; or refused by both
+CHUNK_FALLBACKS = {"bernoulli": r"random ops other than parameter-free normal/uniform fills \(aten\.bernoulli\.default\)"}
+REFUSED = {"vq", "wae", "wae-gan"}  # point-mass guides: no importance-sampling proposal, eager or compiled
+
+
+@pytest.mark.parametrize("name", sorted(__import__("pyro_vae").MODELS))
+def test_each_shipped_pair_is_recorded_or_named(name):
+    from pyro_vae import ModelGuideError
+    from pyro_vae.models import build_model, model_options
+
+    options = {"image_shape": (28, 28)} if "image_shape" in model_options(name) else {}
+    options.update({k: v for k, v in (("hidden_dim", 16), ("latent_dim", 4), ("groups", 2)) if k in model_options(name)})
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = build_model(name, 784, **options)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(64, 784, generator=g) < 0.3).float()
+    named = {"y": torch.randint(0, 10, (64,), generator=g)} if vae.needs_labels else {}
+
+    def run(compiled):
+        return estimate_log_likelihood(vae.model, vae.guide, x, 20, 32, seed=0, compiled=compiled,
+                                       diagnostics=False, **named).log_likelihood
+
+    if name in REFUSED:
+        for compiled in (False, "replay"):
+            with pytest.raises(ModelGuideError, match="point mass"):
+                run(compiled)
+        return
+    eager = run(False)
+    patch, calls = counting()
+    with patch, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CompiledChunkWarning)
+        replayed = run("replay")
+    lines = [str(w.message) for w in caught if issubclass(w.category, CompiledChunkWarning)]
+    assert torch.equal(replayed, eager)
+    if name in CHUNK_FALLBACKS:
+        assert calls[0] == 0 and len(lines) == 1 and __import__("re").search(CHUNK_FALLBACKS[name], lines[0]), lines
+    else:
+        assert calls[0] == 2 and lines == []  # two minibatches of 32, one chunk of 20 particles each
