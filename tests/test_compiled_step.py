@@ -67,6 +67,23 @@ def run(step: str, out=None, **kwargs):
     return result, params(), torch.get_rng_state(), calls[0]
 
 
+def assert_replay_is_the_eager_run(cls, dataset, **settings):
+    """Train a fresh ``cls`` eager and with the recorded step replayed: every full minibatch replays
+    (no fallback line), with the same curve and parameters bit for bit."""
+    results = []
+    for step in ("eager", "compiled:replay"):
+        vae = fresh_vae(cls)
+        patch, calls = counting()
+        with patch, warnings.catch_warnings():
+            warnings.simplefilter("error", CompiledStepWarning)
+            results.append((train(vae.model, vae.guide, dataset, step=step, **SETTINGS, **settings), params(),
+                            calls[0]))
+    (eager, eager_params, _), (replayed, replayed_params, replays) = results
+    assert replays == 2 * EPOCHS
+    assert [c["train_elbo"] for c in replayed.curve] == [c["train_elbo"] for c in eager.curve]
+    assert all(torch.equal(eager_params[k], replayed_params[k]) for k in eager_params)
+
+
 @pytest.fixture(scope="module")
 def inductor_runs(tmp_path_factory):
     """An eager run, an uninterrupted compiled run, and a compiled run interrupted mid-epoch 2
@@ -275,17 +292,7 @@ def test_named_arguments_are_inputs_of_the_recorded_step(names):
     values = {"y": torch.randn(N, generator=g), "w": torch.randn(N, D, generator=g)}
     labelled = Dataset(name="tensor", train=data(), test=None, image_shape=None, likelihood=None,
                        train_named={name: values[name] for name in names})
-    results = []
-    for step in ("eager", "compiled:replay"):
-        vae = fresh_vae(LabelledVAE)
-        patch, calls = counting()
-        with patch, warnings.catch_warnings():
-            warnings.simplefilter("error", CompiledStepWarning)
-            results.append((train(vae.model, vae.guide, labelled, step=step, **SETTINGS), params(), calls[0]))
-    (eager, eager_params, _), (replayed, replayed_params, replays) = results
-    assert replays == 2 * EPOCHS
-    assert [c["train_elbo"] for c in replayed.curve] == [c["train_elbo"] for c in eager.curve]
-    assert all(torch.equal(eager_params[k], replayed_params[k]) for k in eager_params)
+    assert_replay_is_the_eager_run(LabelledVAE, labelled)
 
 
 class OneHotCVAE(VAE):
@@ -317,17 +324,7 @@ def test_a_pair_using_one_hot_labels_is_recorded_and_refuses_a_label_out_of_rang
     labels = torch.randint(0, 3, (N,), generator=torch.Generator().manual_seed(1))
     labelled = Dataset(name="tensor", train=data(), test=None, image_shape=None, likelihood=None,
                        train_named={"y": labels})
-    results = []
-    for step in ("eager", "compiled:replay"):
-        vae = fresh_vae(OneHotCVAE)
-        patch, calls = counting()
-        with patch, warnings.catch_warnings():
-            warnings.simplefilter("error", CompiledStepWarning)
-            results.append((train(vae.model, vae.guide, labelled, step=step, **SETTINGS), params(), calls[0]))
-    (eager, eager_params, _), (replayed, replayed_params, replays) = results
-    assert replays == 2 * EPOCHS
-    assert [c["train_elbo"] for c in replayed.curve] == [c["train_elbo"] for c in eager.curve]
-    assert all(torch.equal(eager_params[k], replayed_params[k]) for k in eager_params)
+    assert_replay_is_the_eager_run(OneHotCVAE, labelled)
 
     # a label of 3 in a later minibatch: eager F.one_hot raises; the recorded step must not use a zero row
     vae = fresh_vae(OneHotCVAE)
@@ -391,18 +388,7 @@ def test_a_pair_whose_step_is_not_static_runs_eager_naming_why(cls, elbo, why):
 def test_an_enumerated_pair_is_recorded_and_replays_the_eager_step():
     """TraceEnum's Dice expectation without a host read (pyro_internals.compute_dice_elbo): a
     mixture prior with its component enumerated in model and guide is recorded, bit for bit."""
-    results = []
-    for step in ("eager", "compiled:replay"):
-        vae = fresh_vae(MixturePriorVAE)
-        patch, calls = counting()
-        with patch, warnings.catch_warnings():
-            warnings.simplefilter("error", CompiledStepWarning)
-            results.append((train(vae.model, vae.guide, data(), elbo="enum", step=step, **SETTINGS), params(),
-                            calls[0]))
-    (eager, eager_params, _), (replayed, replayed_params, replays) = results
-    assert replays == 2 * EPOCHS
-    assert [c["train_elbo"] for c in replayed.curve] == [c["train_elbo"] for c in eager.curve]
-    assert all(torch.equal(eager_params[k], replayed_params[k]) for k in eager_params)
+    assert_replay_is_the_eager_run(MixturePriorVAE, data(), elbo="enum")
 
 
 def test_auto_compiles_a_long_run_and_not_a_short_one(tmp_path, monkeypatch):
