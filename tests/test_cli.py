@@ -53,6 +53,13 @@ def test_train_then_evaluate_writes_every_promised_file(data_root, tmp_path):
     assert len(report["per_datapoint"]["pareto_k"]) == 50
     # the k = 1 bound is the ELBO; the K = 100 estimate lies above it
     assert summary["iwae_bounds"]["100"]["mean"] > summary["iwae_bounds"]["1"]["mean"]
+    # the estimator's chunk compiled: the same seed's draws, the same estimate up to float rounding
+    proc = run_cli("evaluate", str(run), "--num-samples", "100", "--num-test", "50", "--no-progress", "--step",
+                   "compiled", "--data-dir", str(data_root), "--output", str(tmp_path / "compiled.json"))
+    assert "cannot be compiled" not in proc.stderr, proc.stderr
+    compiled = json.loads((tmp_path / "compiled.json").read_text())["per_datapoint"]["log_likelihood"]
+    eager = report["per_datapoint"]["log_likelihood"]
+    assert len(compiled) == 50 and max(abs(a - b) for a, b in zip(compiled, eager)) < 1e-4
 
     again = run_cli("train", "--num-train", "100", "--out", str(run), "--data-dir", str(data_root), check=False)
     assert again.returncode == 2 and "already holds a run" in again.stderr

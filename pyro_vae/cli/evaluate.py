@@ -18,7 +18,10 @@ from ..plots import plot_log_likelihood_diagnostics
 from ..training import load_run
 from .args import add_data_args, resolve_device
 
-__all__ = ["add_parser", "estimate", "run", "save_estimate", "test_labels"]
+__all__ = ["EVAL_STEPS", "add_parser", "estimate", "run", "save_estimate", "test_labels"]
+
+EVAL_STEPS = {"auto": "auto", "compiled": True, "eager": False}
+"""``--step`` of ``pyro-vae evaluate`` -> ``estimate_log_likelihood(compiled=...)``."""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -31,6 +34,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=None, help="JSON report (default: RUN_DIR/evaluation.json)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--step", choices=tuple(EVAL_STEPS), default="auto",
+                   help="auto (default): record and compile the estimator's chunk for estimates of at least "
+                        "2e6 datapoint x sample pairs (5-10 s once); compiled: always; eager: never "
+                        "(pyro_vae.evaluation.compiled)")
     add_data_args(p)
     p.set_defaults(handler=run)
     return p
@@ -41,14 +48,15 @@ def test_labels(vae, dataset, num: int | None = None) -> tuple:
     return (dataset.test_labels[:num],) if vae.needs_labels else ()
 
 
-def estimate(vae, x, num_samples: int, batch_size: int, seed: int, progress: bool, *args, chunk=None, **named):
+def estimate(vae, x, num_samples: int, batch_size: int, seed: int, progress: bool, *args, chunk=None,
+             step: str = "auto", **named):
     """log p(x) estimate with IWAE bounds at k = 1, 5, 50 (those below ``num_samples``); ``args`` and
     ``named`` (per-datapoint tensors, one row per row of ``x``) go to the pair; under torchrun the
-    minibatches are shared out over the processes."""
+    minibatches are shared out over the processes; ``step``: a key of :data:`EVAL_STEPS`."""
     ks = tuple(k for k in (1, 5, 50) if k < num_samples)
     return estimate_log_likelihood(vae.model, vae.guide, x, num_samples, batch_size, *args, bound_ks=ks,
                                    particle_chunk_size=chunk, seed=seed, progress=progress and is_main(),
-                                   distributed=True, **named)
+                                   distributed=True, compiled=EVAL_STEPS[step], **named)
 
 
 def save_estimate(result, images, image_shape, report: Path) -> Path:
@@ -67,13 +75,13 @@ def run(args, parser) -> int:
     labels, named = test_labels(vae, dataset, len(x)), dataset.named("test", slice(len(x)))
     if not is_main():  # under torchrun: evaluate this process's minibatches, rank 0 reports
         estimate(vae, x, args.num_samples, args.batch_size, args.seed, False, *labels, chunk=args.particle_chunk_size,
-                 **named)
+                 step=args.step, **named)
         return 0
     processes = f", {world_size()} processes" if world_size() > 1 else ""
     print(f"evaluating {args.run_dir} ({config['dataset']}, {config.get('model') or config.get('pair')}, trained with "
           f"{config['elbo']}) on {len(x)} test points, K = {args.num_samples}, device {device}{processes}")
     result = estimate(vae, x, args.num_samples, args.batch_size, args.seed, not args.no_progress, *labels,
-                      chunk=args.particle_chunk_size, **named)
+                      chunk=args.particle_chunk_size, step=args.step, **named)
     output = args.output or args.run_dir / "evaluation.json"
     print(result.format())
     picture = save_estimate(result, x, dataset.image_shape, output)
