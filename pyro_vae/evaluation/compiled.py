@@ -21,10 +21,12 @@ eager. A pair that cannot be recorded (a Python read of a tensor's value, ``Trac
 masks, a random op that is not a parameter-free fill) or fails the check runs eager, with one
 warning line saying why.
 
-**Cost.** Recording and compiling take 5-10 s once per estimate on this project's 2-core CPU; a
-chunk then took 0.56x the eager chunk's time at 784-500-20 (655 particles x 100 datapoints, one
-thread) and 0.35x at 784-64-8 (``experiments/README.md``), so ``compiled="auto"`` compiles
-estimates of at least :data:`AUTO_MIN_WORK` datapoint x sample pairs, where that pays back.
+**Cost.** Recording, checking and compiling took 4.5-7 s once per estimate on this project's CPU
+(one thread, inductor's cache warm); then the compiled estimator evaluated 1.6x (784-64-8) and
+1.4x (784-500-20) the datapoint x sample pairs per second of the eager one, 1.40x and 1.22x those
+of a hand-written PyTorch evaluator (``experiments/README.md``, ``benchmark.py``). That pays back
+after about 1-1.5 million pairs, so ``compiled="auto"`` compiles estimates of at least
+:data:`AUTO_MIN_WORK`.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class CompiledChunk:
             with torch.no_grad():
                 self.recorded = record(body, *params, *tensors)
         self.inputs = [p.detach() for p in params]
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), torch.no_grad():  # an inference graph: no autograd wrapper
             self.fn = self.recorded.compile(self.backend, [*self.inputs, *tensors])
         self.key = (num_particles, layout)
 
