@@ -118,8 +118,9 @@ def compute_dice_elbo(model_trace, guide_trace):
     Pyro's ``_compute_dice_elbo`` (pyro-ppl 1.9.2), with one change in the Dice expectation
     (:class:`_WhereDice`): terms of zero probability are dropped by ``torch.where`` instead of a
     host test ``mask.all()`` and ``masked_select``, so the step reads nothing on the host (it can be
-    recorded, and a GPU step does not wait). Same value; bit for bit where every probability is
-    positive (the usual case)."""
+    recorded, and a GPU step does not wait). Same value and gradient (tested with a value of
+    probability 0); bit for bit where every probability is positive (the usual case). A NaN
+    probability, whose term Pyro's mask drops, makes this value NaN (the step is then not applied)."""
     marginal_costs, log_factors, ordering, sum_dims, scale = _compute_model_factors(model_trace, guide_trace)
     if log_factors:
         dim_to_size = {}

@@ -506,3 +506,27 @@ def test_each_shipped_pair_is_recorded_or_named(name):
         assert __import__("re").search(SHIPPED_FALLBACKS[name], lines[0]), lines[0]
     else:
         assert calls[0] == 2 and lines == []  # two full minibatches of 32 replay the graph
+
+
+def test_m2_refuses_a_label_out_of_range_in_a_replayed_step_as_its_eager_step_does():
+    """m2 observes its labels with a Categorical: the observation is clamped, so an out-of-range label
+    reaches the one-hot guard (a ValueError, step not applied) instead of an out-of-bounds lookup."""
+    from pyro_vae.models import build_model
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = build_model("m2", D, hidden_dim=8, latent_dim=3)
+    x = data()
+    y = torch.randint(-1, 10, (N,), generator=torch.Generator().manual_seed(4))
+    loss_fn = ELBOLoss(None, get_elbo("enum", 1, 0.0, 1), vae.model, vae.guide)
+    optim = make_optimizer("adam", 1e-3)
+    step = CompiledSVIStep(loss_fn, optim, backend="replay").record((x[:B], y[:B]), (x[-B:], y[-B:]), names=("y",))
+    assert step.reason is None
+    bad = y[:B].clone()
+    bad[3] = 10
+    before = [t.clone() for t in step.params]
+    with pytest.raises(ValueError, match=r"F.one_hot in this minibatch lies outside \[0, num_classes\)"):
+        step(loss_fn, optim, x[:B], y=bad)
+    assert all(torch.equal(a, b) for a, b in zip(step.params, before))
+    with pytest.raises(ValueError, match=r"classes y must be integers in \[0, 10\)"):
+        loss_fn(x[:B], y=bad)

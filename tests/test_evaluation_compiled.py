@@ -201,3 +201,51 @@ def test_each_shipped_pair_is_recorded_or_named(name):
         assert calls[0] == 0 and len(lines) == 1 and __import__("re").search(CHUNK_FALLBACKS[name], lines[0]), lines
     else:
         assert calls[0] == 2 and lines == []  # two minibatches of 32, one chunk of 20 particles each
+
+
+# Pyro's validation is off inside the estimator's loop (eager and compiled): what it caught there is
+# caught up front (every row of an observed per-datapoint input) or refused at the minibatch, naming the rows
+
+def observes_a(x, a):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+        pyro.sample("a", dist.Bernoulli(logits=z[..., 0]), obs=a)
+        pyro.sample("x", dist.Normal(z.expand(*z.shape[:-1], 3), 1.0).to_event(1), obs=x)
+
+
+def guide_of_a(x, a):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x.mean(-1, keepdim=True), 1.0).to_event(1))
+
+
+def shrinking_guide(x):
+    """The guide's scale is exp(x[:, 0]): 0 in float32 where x[:, 0] = -200."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x.mean(-1, keepdim=True) / 10, torch.exp(x[:, :1])).to_event(1))
+
+
+def wide_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+        pyro.sample("x", dist.Normal(z.expand(*z.shape[:-1], 3), 10.0).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("compiled", [False, "replay"])
+def test_an_observed_input_outside_its_support_on_a_late_row_is_refused_up_front(compiled):
+    from pyro_vae import ModelGuideError
+
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    a = (torch.rand(40, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    a[30] = 5.0  # past the 8 rows the pair runs on in check_model_guide
+    with pytest.raises(ModelGuideError, match=r"observed site 'a': 1 of 40 datapoints lie outside the support"):
+        estimate_log_likelihood(observes_a, guide_of_a, x, 10, 20, a=a, seed=0, compiled=compiled)
+
+
+@pytest.mark.parametrize("compiled", [False, "replay"])
+def test_weights_that_are_nan_on_a_late_row_are_refused_naming_the_row(compiled):
+    x = torch.randn(60, 3, generator=torch.Generator().manual_seed(0))
+    x[50, 0] = -200.0  # in the third minibatch: past check_model_guide's rows and the recording's two minibatches
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompiledChunkWarning)  # the replayed chunk meets the row, not a fallback
+        with pytest.raises(ValueError, match=r"weights of 1 datapoint\(s\) are NaN or \+inf \(rows \[50\]\)"):
+            estimate_log_likelihood(wide_model, shrinking_guide, x, 10, 20, seed=0, compiled=compiled)

@@ -6,6 +6,7 @@ private Pyro names out of the rest of the package.
 """
 
 import ast
+import math
 from pathlib import Path
 
 import pyro
@@ -128,34 +129,48 @@ def test_compute_dice_elbo_is_pyros_traceenum_loss():
 
 
 def test_compute_dice_elbo_drops_terms_of_zero_probability_as_pyro_does():
-    """A guide value of probability 0 (cost log q = -inf there): Pyro masks it out with a host
-    test; ours with torch.where. Same value and gradient as Pyro's own _compute_dice_elbo."""
+    """A guide value of probability exactly 0 (logit -inf, so the cost -log q is +inf there): Pyro
+    masks it out with a host test and masked_select; ours with torch.where. Same value and gradient
+    as Pyro's own _compute_dice_elbo, which is checked to take its masked branch here."""
+    from unittest import mock
+
     from pyro.infer.traceenum_elbo import _compute_dice_elbo
 
     def model(x):
+        s = pyro.param("s", torch.tensor(0.2))
         with pyro.plate("data", x.shape[0]):
-            y = pyro.sample("y", dist.Categorical(torch.tensor([0.2, 0.5, 0.3])))
-            pyro.sample("x", dist.Normal(y.float(), 1.0), obs=x)
+            y = pyro.sample("y", dist.Categorical(logits=torch.tensor([0.0, 0.3, -0.2])))
+            pyro.sample("x", dist.Normal(y.float() * s, 1.0), obs=x)
 
     @pyro.infer.config_enumerate
     def guide(x):
         w = pyro.param("w", torch.tensor(0.3))
         with pyro.plate("data", x.shape[0]):
-            first = torch.sigmoid(w * x)
-            pyro.sample("y", dist.Categorical(probs=torch.stack([torch.zeros_like(x), first, 1 - first], -1)))
+            logits = torch.stack([torch.full_like(x, -math.inf), w * x, -w * x], -1)
+            pyro.sample("y", dist.Categorical(logits=logits))
 
     pyro.clear_param_store()
     x = torch.randn(B)
     elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
-    values = []
+    values, masked_select = [], torch.Tensor.masked_select
     for compute in (internals.compute_dice_elbo, _compute_dice_elbo):
-        (m, g), = internals.elbo_traces(elbo, model, guide, (x,), {})
-        value = compute(m, g)
-        values.append((value.detach(), torch.autograd.grad(value, [pyro.param("w").unconstrained()])[0]))
-    (ours, our_grad), (pyros, pyro_grad) = values
-    assert torch.isfinite(ours) and torch.isfinite(our_grad)
+        calls = []
+
+        def spy(tensor, *args, **kwargs):
+            calls.append(1)
+            return masked_select(tensor, *args, **kwargs)
+
+        with mock.patch.object(torch.Tensor, "masked_select", spy):
+            (m, g), = internals.elbo_traces(elbo, model, guide, (x,), {})
+            value = compute(m, g)
+        grads = torch.autograd.grad(value, [pyro.param(n).unconstrained() for n in ("w", "s")])
+        values.append((value.detach(), grads, len(calls)))
+    (ours, our_grads, our_masks), (pyros, pyro_grads, pyro_masks) = values
+    assert pyro_masks > 0 and our_masks == 0  # Pyro took its masked branch; ours has no data-dependent shape
+    assert torch.isfinite(ours) and all(torch.isfinite(g) for g in our_grads)
     torch.testing.assert_close(ours, pyros, rtol=1e-6, atol=0)
-    torch.testing.assert_close(our_grad, pyro_grad, rtol=1e-6, atol=0)
+    for mine, theirs in zip(our_grads, pyro_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=0)
 
 
 def test_score_parts_split_log_q_by_reparameterization():

@@ -113,6 +113,8 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
     check_not_autoguide(guide, data_plate)
     batch = min(max(batch_size, 2), data.shape[0])
     x = data[:batch]
+    per_datapoint = [v for v in (*args, *kwargs.values())  # inputs a site may observe: checked on every row
+                     if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == data.shape[0]]
     args = tuple(_slice(a, batch, data.shape[0]) for a in args)
     kwargs = {k: _slice(v, batch, data.shape[0]) for k, v in kwargs.items()}
     guide_trace, model_trace = run_pair(model, guide, x, args, kwargs, data_plate)
@@ -134,7 +136,7 @@ def check_model_guide(model, guide, data: torch.Tensor, *args, elbo=None, free_b
     if elbo == "iwae":
         check_common_scale(every_site, label)
     for name, site in observed.items():
-        check_observations(name, site, data)
+        check_observations(name, site, data, per_datapoint)
     check_finite_log_densities(every_site)
     pairs = [(name, site, latent[name]) for name, site in guide_sites.items()]
     check_draws_in_bulk(pairs, batch)

@@ -138,10 +138,13 @@ def check_latent_site(name: str, g: dict, m: dict, elbo: str | None) -> None:
                               "latent")
 
 
-def check_observations(name: str, site: dict, data: torch.Tensor) -> None:
-    """Observed site: every datapoint is finite and inside the support of the likelihood."""
+def check_observations(name: str, site: dict, data: torch.Tensor, inputs: list = ()) -> None:
+    """Observed site: every datapoint is finite and inside the support of the likelihood. The
+    site's values are checked on every row where they are ``data`` or one of the per-datapoint
+    ``inputs`` ``(N, ...)`` (labels, say: the site observed their first rows), else on the check batch."""
     # the support does not depend on parameters: check every datapoint, not only the batch
-    values = data if tuple(site["value"].shape[-data.dim() + 1:]) == tuple(data.shape[1:]) else site["value"]
+    values = data if tuple(site["value"].shape[-data.dim() + 1:]) == tuple(data.shape[1:]) else \
+        next((full for full in inputs if _observes(site["value"], full)), site["value"])
     if values.is_floating_point():
         nonfinite = ~torch.isfinite(values).reshape(values.shape[0], -1).all(-1)
         if bool(nonfinite.any()):
@@ -154,6 +157,12 @@ def check_observations(name: str, site: dict, data: torch.Tensor) -> None:
             f"observed site {name!r}: {bad} of {inside.numel()} datapoints lie outside the support of "
             f"{distribution_name(site['fn'])}; e.g. grey pixels under a Bernoulli "
             "likelihood: binarize the data or choose a likelihood for grey levels")
+
+
+def _observes(value: torch.Tensor, full: torch.Tensor) -> bool:
+    """Whether an observed value is the first rows of the per-datapoint tensor ``full``."""
+    part = full[: value.shape[0]] if value.dim() else full[:0]
+    return value.shape == part.shape and value.dtype == part.dtype and torch.equal(value, part)
 
 
 def check_finite_log_densities(sites) -> None:

@@ -17,8 +17,8 @@ chunk refuses, is kept as a guard output; :meth:`CompiledChunk.check_guards` rai
 minibatches if any replay saw one.
 
 **When.** Chunks of the recorded shape replay the graph; the last, smaller chunk or minibatch runs
-eager. A pair that cannot be recorded (a Python read of a tensor's value, ``TraceEnum``-style
-masks, a random op that is not a parameter-free fill) or fails the check runs eager, with one
+eager. A pair that cannot be recorded (a Python read of a tensor's value, a random op that is
+not a parameter-free fill, such as ``torch.bernoulli``) or fails the check runs eager, with one
 warning line saying why.
 
 **Cost.** Recording, checking and compiling took 4.5-7 s once per estimate on this project's CPU
@@ -115,7 +115,7 @@ class CompiledChunk:
             self._check(num_particles, batch, check)
         except Exception as error:  # noqa: BLE001 -- any failure means: run eager, and say why
             self.fn, self.key, self.reason = None, None, failure_reason(error)
-            warnings.warn(f"compiled=True: the estimator's chunk of this pair cannot be compiled, it runs eager "
+            warnings.warn(f"compiled estimate: the estimator's chunk of this pair cannot be compiled, it runs eager "
                           f"({self.reason})", CompiledChunkWarning, stacklevel=3)
         return self
 
@@ -131,8 +131,10 @@ class CompiledChunk:
         return out[0]
 
     def check_guards(self) -> None:
-        """Raise ``ValueError`` if a replay met a class index out of range (one host read)."""
-        if self.guards and bool(torch.stack(self.guards).any()):
+        """Raise ``ValueError`` if a replay since the last call met a class index out of range (one
+        host read, none without replays)."""
+        guards, self.guards = self.guards, []
+        if guards and bool(torch.stack(guards).any()):
             raise ValueError("a class index given to F.one_hot lies outside [0, num_classes) in the evaluated "
                              "data (labels out of range?)")
 

@@ -17,6 +17,7 @@ from ..check import check_model_guide
 from ..check.idioms import check_proposal_covers_prior, point_mass_sites
 from ..check.validation import first_rows_sites
 from ..diagnostics import StreamingLogWeights, psis_tail_length
+from ..distributed import world_size
 from ..importance import guess_max_plate_nesting, log_importance_weights
 from .comparison import data_fingerprint
 from .compiled import CompiledChunk, use_compiled
@@ -90,8 +91,9 @@ def estimate_log_likelihood(model, guide, data: torch.Tensor, num_samples: int =
     Scaling: log-densities are used unscaled, so a ``poutine.scale`` inside the pair (a beta
     or KL-annealing weight) does not change the estimate of the generative model's ``log p(x)``.
     """
+    work = data.shape[0] * num_samples // (world_size() if distributed else 1)  # this process's share
     options = _Options(bound_ks, particle_chunk_size, diagnostics, seed, data_plate, progress, distributed,
-                       compiled=use_compiled(compiled, data.shape[0] * num_samples))
+                       compiled=use_compiled(compiled, work))
     result = _estimate(model, guide, data, num_samples, batch_size, args, kwargs, options)
     result.data_fingerprint = data_fingerprint(data)
     result.quantity = estimated_quantity(model, data, args, kwargs, rows=batch_size)
@@ -203,7 +205,7 @@ class _Sampler:
                 index = plan.index(b)
                 x = data[index]
                 acc = self.log_weights(x, *slice_args(args, kwargs, plan.num_points, index))
-                results["log_likelihood"].append(acc.log_mean_exp())
+                results["log_likelihood"].append(self._refuse_broken(acc.log_mean_exp(), index))
                 for k in self.group_sizes:
                     bounds[k].append(acc.group_bound(k))
                 if self.diagnostics:  # k-hat is fitted on the CPU (arviz): one transfer of the tail per batch
@@ -211,12 +213,25 @@ class _Sampler:
                     results["pareto_k"].append(torch.from_numpy(acc.pareto_k()))
                 bar.update(x.shape[0])
         bar.close()
-        if self.compiled is not None:
-            self.compiled.check_guards()
-        # to the CPU once, after the loop (no host sync between minibatches beyond the k-hat tails)
+        # to the CPU once, after the loop (one host read a minibatch: _refuse_broken; the k-hat tails)
         results = {key: [t.cpu() for t in values] for key, values in results.items()}
         bounds = {k: [t.cpu() for t in values] for k, values in bounds.items()}
         return results, bounds
+
+    def _refuse_broken(self, estimate: torch.Tensor, index: slice) -> torch.Tensor:
+        """``estimate`` ``(N_b,)``, after one host read: raise ``ValueError`` naming the datapoints
+        whose weights are NaN or +inf (a distribution parameter outside its constraint on those rows,
+        which Pyro's validation, off in this loop, would have reported) or whose class indices a
+        compiled chunk found out of range."""
+        if self.compiled is not None:
+            self.compiled.check_guards()
+        broken = torch.isnan(estimate) | (estimate == math.inf)
+        if bool(broken.any()):
+            rows = (torch.nonzero(broken).flatten() + index.start).tolist()
+            raise ValueError(f"the importance weights of {len(rows)} datapoint(s) are NaN or +inf (rows {rows[:5]}): a "
+                             "distribution parameter outside its constraint there (a scale of 0, a NaN from a net); "
+                             "run the pair on those rows under pyro.validation_enabled(True) to see the site")
+        return estimate
 
     def log_weights(self, x: torch.Tensor, args: tuple, kwargs: dict) -> StreamingLogWeights:
         """The ``num_samples`` log importance weights of the minibatch ``x`` ``(batch, ...)``,

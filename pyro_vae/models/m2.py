@@ -111,9 +111,9 @@ class SemiSupervisedVAE(PairModule):
         if labelled is None:
             return pyro.sample("y_unobserved", fn, infer=infer)
         known = y.clamp(min=0)
-        if observe:
+        if observe:  # a label >= num_classes is refused by the one-hot code of y (eager or recorded), not by indexing
             with poutine.mask(mask=labelled):
-                pyro.sample("y", fn, obs=known)
+                pyro.sample("y", fn, obs=known.clamp(max=self.num_classes - 1))
         with poutine.mask(mask=~labelled):
             guess = pyro.sample("y_unobserved", fn, infer=infer)
         return torch.where(labelled, known, guess)

@@ -156,15 +156,17 @@ class CompiledSVIStep:
                                "parameters): the compiled step would update stale state")
         with torch.no_grad():
             out = self.fn(*self.inputs, *batch, *self.recorded.draw_noise())
-            grads, found_inf = list(out[4:]), out[2]
+            grads, found_inf, bad_index = list(out[4:]), out[2], out[3]
             if self.world > 1:  # the whole minibatch's gradient; a step is applied where every process's is finite
-                grads, found_inf = distributed.sum_gradients(grads, found_inf)
+                flag = torch.maximum(found_inf, 2.0 * bad_index.to(found_inf.dtype))  # 2: a bad index, raised by all
+                grads, flag = distributed.sum_gradients(grads, flag)
+                found_inf, bad_index = flag.clamp(max=1.0), flag >= 2.0  # the fused kernels skip on exactly 1
                 torch._foreach_add_(self.steps, 1.0 - found_inf)
             self.update(self.params, grads, *self.moments, self.steps, self.torch_optim.param_groups[0],
                         found_inf=found_inf)
         self.replays += 1
         applied = bool(found_inf == 0)
-        if not applied and bool(out[3]):
+        if not applied and bool(bad_index):
             raise ValueError("a class index given to F.one_hot in this minibatch lies outside [0, num_classes) "
                              "(labels out of range?); the step was not applied")
         return out[0], applied
