@@ -55,6 +55,7 @@ class CompiledChunkWarning(RuntimeWarning):
 
 
 COMPILED = (True, False, "auto", "replay")
+"""The values ``estimate_log_likelihood(compiled=...)`` takes (:func:`use_compiled`)."""
 
 
 def use_compiled(compiled, work: int):
