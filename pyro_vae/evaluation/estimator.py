@@ -77,7 +77,10 @@ def estimate_log_likelihood(model, guide, data: torch.Tensor, num_samples: int =
         and the quantity estimated (:func:`estimated_quantity`: ``"log p(x)"``, ``"log p(x | y)"``, ...).
 
     Raises:
-        ValueError: ``num_samples <= 0`` or empty data.
+        ValueError: ``num_samples <= 0`` or empty data; at the minibatch where it happens, importance
+            weights that are NaN or +inf (naming the rows: a distribution parameter outside its
+            constraint there, which Pyro's validation, off inside the sampling loop, does not
+            report), or a class index given to ``F.one_hot`` out of range.
         ModelGuideError: (a ``ValueError``) the pair breaks the contract, as found by
             :func:`~pyro_vae.check_model_guide` (sites that do not match, a site outside the data
             plate, data outside the likelihood's support, ...), or a subsampled data plate (pass
