@@ -39,9 +39,10 @@ compiled step takes about 0.3x the time of a hand-written PyTorch step there (an
 
 **Limits.** One graph, for the full minibatch shape; the last, smaller minibatch of an epoch runs
 the eager step on the same optimizer state. A pair whose step cannot be recorded (a Python read
-of a tensor's value: ``if x.mean() > c``, ``.item()``; so Pyro's own ``Trace_ELBO`` objects and
-``TraceEnum_ELBO``'s Dice expectation) or fails the check runs eager, with one warning line saying
-why and where (:func:`pyro_vae.recorded.failure_reason`). Python state that is not a tensor input (an annealed float attribute) is
+of a tensor's value: ``if x.mean() > c``, ``.item()``; so Pyro's own ``Trace_ELBO`` objects; a
+random op other than a parameter-free fill, such as ``torch.bernoulli``) or fails the check runs
+eager, with one warning line saying why and where (:func:`pyro_vae.recorded.failure_reason`).
+``elbo="enum"`` is recorded (:func:`pyro_vae.pyro_internals.compute_dice_elbo` has no host read). Python state that is not a tensor input (an annealed float attribute) is
 frozen at its recorded value; the check catches it only if it changed before the check. Which
 runs take this step: :mod:`.step_mode`. Compiling costs 10-60 s once per run (cached by inductor).
 """
