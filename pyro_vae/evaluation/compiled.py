@@ -13,8 +13,8 @@ a seed the compiled estimate uses the very draws of the eager one (equal up to f
 inductor compiles the graph. Before first use, the pair's sites on two minibatches are compared
 and the graph's weights on the second are checked against the eager ones at the same RNG state
 (:data:`CHECK_RTOL`). A class index given to ``F.one_hot`` outside its range, which the eager
-chunk refuses, is kept as a guard output; :meth:`CompiledChunk.check_guards` raises after the
-minibatches if any replay saw one.
+chunk refuses, is kept as a guard output (:meth:`CompiledChunk.take_guard`); the estimator reads
+it with its other checks, once a minibatch, and raises at the minibatch that had one.
 
 **When.** Chunks of the recorded shape replay the graph; the last, smaller chunk or minibatch runs
 eager. A pair that cannot be recorded (a Python read of a tensor's value, a random op that is
@@ -131,13 +131,11 @@ class CompiledChunk:
         self.replays += 1
         return out[0]
 
-    def check_guards(self) -> None:
-        """Raise ``ValueError`` if a replay since the last call met a class index out of range (one
-        host read, none without replays)."""
+    def take_guard(self) -> torch.Tensor | None:
+        """A 0-d bool tensor, whether a replay since the last call met a class index out of range
+        (no host read: the caller reads it with its own checks); ``None`` without replays."""
         guards, self.guards = self.guards, []
-        if guards and bool(torch.stack(guards).any()):
-            raise ValueError("a class index given to F.one_hot lies outside [0, num_classes) in the evaluated "
-                             "data (labels out of range?)")
+        return torch.stack(guards).any() if guards else None
 
     def _record(self, num_particles: int, batch: tuple) -> None:
         tensors, layout = _flatten(*batch)

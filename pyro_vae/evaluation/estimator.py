@@ -226,10 +226,14 @@ class _Sampler:
         whose weights are NaN or +inf (a distribution parameter outside its constraint on those rows,
         which Pyro's validation, off in this loop, would have reported) or whose class indices a
         compiled chunk found out of range."""
-        if self.compiled is not None:
-            self.compiled.check_guards()
         broken = torch.isnan(estimate) | (estimate == math.inf)
-        if bool(broken.any()):
+        guard = self.compiled.take_guard() if self.compiled is not None else None
+        any_broken, bad_index = torch.stack([broken.any(), broken.new_zeros(()) if guard is None
+                                             else guard.to(broken.device)]).tolist()
+        if bad_index:
+            raise ValueError("a class index given to F.one_hot lies outside [0, num_classes) in the evaluated "
+                             "data (labels out of range?)")
+        if any_broken:
             rows = (torch.nonzero(broken).flatten() + index.start).tolist()
             raise ValueError(f"the importance weights of {len(rows)} datapoint(s) are NaN or +inf (rows {rows[:5]}): a "
                              "distribution parameter outside its constraint there (a scale of 0, a NaN from a net); "
